@@ -1,0 +1,1 @@
+"""The HTTP service: a thin FastAPI shell over the recsys library."""

@@ -1,0 +1,3 @@
+"""Session-aware recommendation engine."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,88 @@
+"""The `recsys` command line: one command, one subcommand per job.
+
+Each module in `recsys.commands` adds its subcommands through a
+`register(subparsers)` function and sets `handler` on its parser; a handler
+takes the parsed arguments and returns the exit code. Handlers import heavy
+libraries (torch, faiss) inside the function, so `recsys --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from recsys import __version__
+from recsys.errors import RecsysError
+
+log = logging.getLogger(__name__)
+
+# Modules under recsys.commands, in the order `--help` lists them.
+COMMAND_MODULES = (
+    "data",
+    "events",
+    "train",
+    "evaluate",
+    "rebuild",
+    "builds",
+    "serve",
+    "bench",
+)
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show defaults in `--help` and keep the description's line breaks."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="recsys",
+        description="Session-aware recommendation engine.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=__version__)
+    parser.add_argument(
+        "--log-level",
+        default="INFO",
+        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
+        help="logging level for messages on stderr",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    subparsers.required = True
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"recsys.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"recsys.commands.{name}":
+                raise
+            continue
+        module.register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        code: int = args.handler(args)
+    except RecsysError as exc:
+        print(f"recsys {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"recsys {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Subcommands of the `recsys` CLI; each module exposes `register(subparsers)`."""

@@ -1,0 +1,1 @@
+"""Batch jobs: training entry points and the nightly rebuild."""
