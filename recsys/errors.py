@@ -55,3 +55,7 @@ class BuildError(RecsysError):
 
 class StoreUnavailableError(RecsysError):
     """The session store did not answer within its timeout."""
+
+
+class LockHeldError(BuildError):
+    """Another process holds the lock file at `path` (a rebuild or rollback)."""

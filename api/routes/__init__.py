@@ -1,0 +1,1 @@
+"""One router per resource; `recsys_api.app.ROUTERS` lists those the app mounts."""
