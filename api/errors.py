@@ -135,8 +135,10 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
 
 
 def _json_safe(value: Any) -> Any:
+    # Render as JSONResponse does, so NaN or a lone surrogate falls back to
+    # repr() here instead of failing the response.
     try:
-        json.dumps(value)
+        json.dumps(value, ensure_ascii=False, allow_nan=False).encode("utf-8")
     except (TypeError, ValueError):
         return repr(value)
     return value

@@ -8,6 +8,7 @@ the value received and what is valid.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
@@ -57,9 +58,15 @@ def _check_id(field: str, value: Any, *, required: bool) -> str | None:
         return None
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise ValidationError(field, value, "a non-empty string or an integer")
+    if isinstance(value, int) and abs(value) >= 10**MAX_ID_LENGTH:
+        # Checked before str(), which raises ValueError past 4,300 digits.
+        raise ValidationError(
+            field, "an integer too large", f"at most {MAX_ID_LENGTH} characters"
+        )
     text = str(value)
     if not text.strip():
         raise ValidationError(field, value, "a non-empty string")
+    _check_utf8(field, text)
     if len(text) > MAX_ID_LENGTH:
         raise ValidationError(
             field, text[:40] + "...", f"at most {MAX_ID_LENGTH} characters"
@@ -67,11 +74,30 @@ def _check_id(field: str, value: Any, *, required: bool) -> str | None:
     return text
 
 
+def _check_utf8(field: str, text: str) -> None:
+    # JSON escapes such as "\ud800" decode to lone surrogates, which no UTF-8
+    # writer (Redis, Parquet, the JSON response) can encode.
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        excerpt = text[max(0, exc.start - 20) : exc.start + 20]
+        raise ValidationError(
+            field,
+            excerpt.encode("utf-8", "backslashreplace").decode("utf-8"),
+            f"valid Unicode text; character {exc.start + 1} is a lone surrogate",
+        ) from None
+
+
 def _check_ts(value: Any, now_ms: int | None) -> int:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValidationError("ts", value, "Unix time in milliseconds (an integer)")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValidationError("ts", str(value), "a finite number of milliseconds")
     if isinstance(value, float) and not value.is_integer():
         raise ValidationError("ts", value, "whole Unix milliseconds, not a fraction")
+    if abs(value) >= 2**63:
+        # Too large to store as int64, and str() raises past 4,300 digits.
+        raise ValidationError("ts", "a number too large", "Unix time in milliseconds")
     ts = int(value)
     if ts < MIN_TS_MS:
         if 100_000_000 <= ts < 100_000_000_000:
@@ -115,6 +141,7 @@ def validate_event(raw: Mapping[str, Any], *, now_ms: int | None = None) -> Even
             raise ValidationError("item_id", item_id, "no item_id on a search event")
         if not isinstance(query, str) or not query.strip():
             raise ValidationError("query", query, "non-empty text on a search event")
+        _check_utf8("query", query)
         if len(query) > MAX_QUERY_LENGTH:
             raise ValidationError(
                 "query", query[:40] + "...", f"at most {MAX_QUERY_LENGTH} characters"

@@ -160,7 +160,14 @@ def test_invalid_batch_event_names_index(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("body", "expected"),
     [
-        ([click()], invalid("event", [click()], "a JSON object")),
+        (
+            [click()],
+            invalid(
+                "body",
+                "a JSON array",
+                'one event object, or {"events": [...]} for a batch',
+            ),
+        ),
         ({"events": []}, invalid("events", "0 events", "1 to 3 events per request")),
         (
             {"events": [click()] * 4},
@@ -209,6 +216,73 @@ def test_invalid_json_gets_400(client: TestClient) -> None:
             "line 1 column 16 (char 15)",
         }
     }
+
+
+@pytest.mark.parametrize(
+    ("body", "reason"),
+    [
+        (b'{"ts": NaN}', "NaN is not a JSON number"),
+        (b'{"ts": -Infinity}', "-Infinity is not a JSON number"),
+        (
+            b'{"ts": ' + b"9" * 5000 + b"}",
+            "a number has 5,000 digits; at most 1,000 are accepted",
+        ),
+        (b"[" * 100_000 + b"]" * 100_000, "maximum recursion depth exceeded"),
+    ],
+    ids=["nan", "infinity", "5000-digit-number", "deep-nesting"],
+)
+def test_nonstandard_json_gets_400(
+    client: TestClient, body: bytes, reason: str
+) -> None:
+    response = client.post(
+        "/v1/events", content=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json"
+    assert error["message"].startswith("request body is not valid JSON: " + reason)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        (
+            b'{"session_id": "s1", "event_type": "click", "item_id": "i1", '
+            b'"ts": 1e400}',
+            invalid("ts", "inf", "a finite number of milliseconds"),
+        ),
+        (
+            b'{"session_id": "s1", "event_type": "click", "item_id": "a\\ud800b", '
+            b'"ts": %d}' % T0,
+            invalid(
+                "item_id",
+                "a\\ud800b",
+                "valid Unicode text; character 2 is a lone surrogate",
+            ),
+        ),
+        (
+            b'{"session_id": "s1", "event_type": "search", "query": "tv \\udc00", '
+            b'"ts": %d}' % T0,
+            invalid(
+                "query",
+                "tv \\udc00",
+                "valid Unicode text; character 4 is a lone surrogate",
+            ),
+        ),
+    ],
+    ids=["overflowing-ts", "surrogate-in-id", "surrogate-in-query"],
+)
+def test_unencodable_values_get_422(
+    client: TestClient, body: bytes, expected: dict[str, Any]
+) -> None:
+    response = client.post(
+        "/v1/events", content=body, headers={**AUTH, "Content-Type": "application/json"}
+    )
+
+    assert response.status_code == 422
+    assert response.json() == expected
+    assert client.get("/v1/sessions/s1").status_code == 404
 
 
 def too_large(what: str) -> dict[str, Any]:

@@ -266,6 +266,70 @@ def test_rees46_unknown_event_type(tmp_path):
     assert "'wishlist'" in info.value.reason
 
 
+def test_unclosed_quote_names_the_line_it_opens(tmp_path):
+    source = source_dir(tmp_path, "bestbuy")
+    lines = (FIXTURES / "bestbuy" / "bestbuy_train.csv").read_text().splitlines()
+    # Line 5 opens a quote that nothing closes, so it swallows the rest.
+    lines[4] = '"' + lines[4]
+    write_gz(source / "bestbuy_train.csv.gz", "\n".join(lines) + "\n")
+    with pytest.raises(DataFormatError) as info:
+        prepare("bestbuy", source, tmp_path / "out")
+    assert info.value.line == 5
+    assert info.value.reason == (
+        f"1 fields; expected 6 separated by ','; a quoted field runs on to line "
+        f"{len(lines)}, so a closing quote may be missing"
+    )
+
+
+@pytest.mark.parametrize(
+    ("dataset", "fixture", "file", "row", "reason"),
+    [
+        (
+            "yoochoose-clicks",
+            "yoochoose_clicks",
+            "yoochoose-clicks-100k_train_full.tsv.gz",
+            "SessionId\tItemId\tTime\n10\t214000001\tinf\n",
+            "Time is 'inf'; expected Unix seconds",
+        ),
+        (
+            "taobao",
+            "taobao",
+            "taobao_userbehavior_head.csv.gz",
+            "7,1001,501,pv,99999999999999999999\n",
+            "timestamp is '99999999999999999999'; expected a time from 2001-09-09 "
+            "to 2100-01-01 UTC",
+        ),
+        (
+            "taobao",
+            "taobao",
+            "taobao_userbehavior_head.csv.gz",
+            "7,1001,501,pv,0\n",
+            "timestamp is '0'; expected a time from 2001-09-09 to 2100-01-01 UTC",
+        ),
+        (
+            "otto",
+            "otto",
+            "otto_train.jsonl.gz",
+            '{"session": 1, "events": [{"aid": 5, "ts": 1659304800, "type": "clicks"}]}'
+            "\n",
+            "events[0] of session 1: ts is '1659304800'; expected a time from "
+            "2001-09-09 to 2100-01-01 UTC",
+        ),
+    ],
+    ids=["infinite-seconds", "int64-overflow", "zero", "otto-seconds"],
+)
+def test_times_out_of_range_name_the_line(
+    tmp_path, dataset, fixture, file, row, reason
+):
+    # Before the range check these went through as a traceback (overflow) or
+    # as events that validate_event rejects (before 2001).
+    source = source_dir(tmp_path, fixture)
+    write_gz(source / file, row)
+    with pytest.raises(DataFormatError) as info:
+        prepare(dataset, source, tmp_path / "out")
+    assert (info.value.line, info.value.reason) == (row.count("\n"), reason)
+
+
 def test_taobao_fixture(tmp_path):
     out = tmp_path / "out"
     manifest = prepare("taobao", source_dir(tmp_path, "taobao"), out)
@@ -469,6 +533,22 @@ def test_cli_malformed_line_exit_code(tmp_path, capsys):
     )
     assert code == 1
     assert "train_sessions.tsv.gz:2:" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", ["prepare", "synth"])
+def test_cli_out_is_a_file(tmp_path, capsys, command):
+    out = tmp_path / "taken"
+    out.write_text("not a folder")
+    source = source_dir(tmp_path, "otto")
+    args = {
+        "prepare": ["prepare", "--dataset", "otto", "--source", str(source)],
+        "synth": ["synth", "--users", "5", "--items", "12", "--sessions", "5"],
+    }[command]
+
+    assert main(["data", *args, "--out", str(out)]) == 1
+    assert capsys.readouterr().err == (
+        f"recsys data: error: invalid --out: {out} is a file; expected a folder\n"
+    )
 
 
 REPO_DATA = Path(__file__).parent.parent / "data"

@@ -168,3 +168,48 @@ def test_bad_session_id(value):
 
 def test_missing_session_id():
     invalid(event(session_id=...), "session_id")
+
+
+@pytest.mark.parametrize("ts", [float("nan"), float("inf"), float("-inf")])
+def test_non_finite_ts_named_as_such(ts):
+    error = invalid(event(ts=ts), "ts")
+    assert error.value == str(ts)
+    assert error.expected == "a finite number of milliseconds"
+
+
+@pytest.mark.parametrize(
+    "ts", [10**5000, -(10**5000), 2**63], ids=["5000-digits", "-5000-digits", "2**63"]
+)
+def test_huge_ts_rejected_without_printing_it(ts):
+    error = invalid(event(ts=ts), "ts")
+    assert error.value == "a number too large"
+
+
+@pytest.mark.parametrize("field", ["session_id", "item_id", "user_id", "event_id"])
+def test_huge_integer_ids_rejected_without_printing_them(field):
+    # str() of an integer of over 4,300 digits raises a plain ValueError.
+    error = invalid(event(**{field: 10**5000}), field)
+    assert error.value == "an integer too large"
+    assert error.expected == f"at most {MAX_ID_LENGTH} characters"
+
+
+@pytest.mark.parametrize("field", ["session_id", "item_id", "user_id", "event_id"])
+def test_lone_surrogates_in_ids_rejected(field):
+    error = invalid(event(**{field: "ab\ud800"}), field)
+    # The value shown is escaped, so it can be encoded in an error response.
+    assert error.value == "ab\\ud800"
+    assert error.expected == "valid Unicode text; character 3 is a lone surrogate"
+
+
+def test_lone_surrogate_in_query_rejected():
+    raw = event(event_type="search", item_id=..., query="\udc00 shoes")
+    error = invalid(raw, "query")
+    assert error.value == "\\udc00 shoes"
+
+
+def test_non_ascii_ids_and_query_kept():
+    raw = event(
+        event_type="search", item_id=..., session_id="séance-日本", query=" 🙂 tv "
+    )
+    result = validate_event(raw, now_ms=NOW_MS)
+    assert (result.session_id, result.query) == ("séance-日本", "🙂 tv")

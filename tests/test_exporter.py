@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import subprocess
@@ -260,3 +261,61 @@ def test_export_requires_redis_url(tmp_path: Path) -> None:
         "recsys events: error: REDIS_URL is not set; export reads the Redis "
         "event log, and the in-process store keeps its log inside the API process"
     )
+
+
+def test_export_command_prints_counts(
+    redis_url: str,
+    redis_prefix: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+    request: pytest.FixtureRequest,
+) -> None:
+    from recsys.cli import main
+
+    store = RedisStore(redis_url, prefix=redis_prefix)
+    request.addfinalizer(store.close)
+    store.append_many(three_days_of_events(30))
+    monkeypatch.setenv("REDIS_URL", redis_url)
+    monkeypatch.setenv("RECSYS_REDIS_PREFIX", redis_prefix)
+    monkeypatch.delenv("RECSYS_API_KEY", raising=False)
+    monkeypatch.setattr("recsys.settings._summary_logged", False)
+    caplog.set_level(logging.INFO)
+    out = tmp_path / "log"
+
+    code = main(["events", "export", "--out", str(out), "--batch-size", "20"])
+
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert printed.startswith(
+        f"exported 30 events in 2 batches to 6 files under {out} in "
+    )
+    assert len(read_exported(out)) == 30
+    # The API key matters to the API only, so the export does not warn about it.
+    assert [r.getMessage() for r in caplog.records if r.levelname == "WARNING"] == []
+
+
+def test_foreign_log_entry_stops_export_naming_it(
+    redis_url: str, redis_prefix: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    from recsys.errors import RecsysError
+
+    store = RedisStore(redis_url, prefix=redis_prefix)
+    request.addfinalizer(store.close)
+    store.append_many(three_days_of_events(2))
+    key = f"{redis_prefix}log"
+    entry_id = store.client.xadd(key, {"event": "not json"})
+
+    with pytest.raises(RecsysError) as info:
+        export_events(store.log, tmp_path, batch_size=10)
+
+    assert str(info.value) == (
+        f"entry {entry_id} of the Redis stream {key} is not an event written by "
+        f"recsys: {{'event': 'not json'}}; inspect it with XRANGE {key} {entry_id} "
+        f"{entry_id}, then remove it with XACK {key} exporter {entry_id} and XDEL "
+        f"{key} {entry_id}"
+    )
+    # The batch stays unacknowledged, so nothing was lost or written.
+    assert len(store.log) == 3
+    assert read_exported(tmp_path) == []

@@ -179,3 +179,18 @@ def test_missing_api_key_warns(
     assert caplog.records[-1].getMessage() == (
         "RECSYS_API_KEY is not set, so every write gets 401"
     )
+
+
+def test_serve_refuses_workers_without_redis(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from recsys.cli import main
+
+    monkeypatch.delenv("REDIS_URL", raising=False)
+
+    assert main(["serve", "--workers", "2"]) == 1
+    assert capsys.readouterr().err == (
+        "recsys serve: error: --workers 2 needs REDIS_URL: without it each worker "
+        "keeps its own in-process sessions, so a request may not see the events "
+        "another worker stored; set REDIS_URL or use --workers 1\n"
+    )

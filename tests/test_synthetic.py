@@ -181,7 +181,17 @@ def test_catalog_titles_use_category_words(shop):
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("n_items", 3), ("n_sessions", 0), ("search_probability", 1.5), ("start", "May")],
+    [
+        ("n_items", 3),
+        ("n_sessions", 0),
+        ("search_probability", 1.5),
+        ("start", "May"),
+        # Timestamps before 2001 fail validate_event.
+        ("start", "1969-12-01"),
+        ("seed", -1),
+        ("n_users", 10**12),
+        ("days", 10**8),
+    ],
 )
 def test_invalid_config(field, value):
     config = ShopConfig(**{field: value})
@@ -200,3 +210,28 @@ def test_cli_synth_writes_layout(tmp_path, capsys):
     assert len(set(dataset.events["session_id"].to_pylist())) == 50
     assert dataset.items.num_rows == 60
     assert "events" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--users", "0", "invalid --users: got 0; expected a positive integer"),
+        ("--seed", "-1", "invalid --seed: got -1; expected an integer of 0 or more"),
+        (
+            "--sessions",
+            "100000000000",
+            "invalid --sessions: got 100000000000; expected at most 10,000,000",
+        ),
+        (
+            "--start",
+            "1969-12-01",
+            "invalid --start: got '1969-12-01'; expected a date from 2002-01-01 "
+            "to 2099-12-31",
+        ),
+    ],
+)
+def test_cli_synth_names_the_option(tmp_path, capsys, option, value, message):
+    out = tmp_path / "shop"
+    assert main(["data", "synth", "--out", str(out), option, value]) == 1
+    assert capsys.readouterr().err == f"recsys data: error: {message}\n"
+    assert not out.exists()

@@ -17,6 +17,9 @@ from recsys.sessions import SessionStore
 
 router = APIRouter(tags=["events"])
 
+# No event field needs more digits, and int() raises ValueError past 4,300.
+_MAX_INT_DIGITS = 1000
+
 _EVENT_SCHEMA = {
     "type": "object",
     "required": ["session_id", "event_type", "ts"],
@@ -74,6 +77,12 @@ async def post_events(request: Request) -> IngestResponse:
     if isinstance(payload, dict) and "events" in payload:
         batch = _batch(payload, settings.max_batch_events)
         return await run_in_threadpool(_store_batch, store, batch)
+    if isinstance(payload, list):
+        raise ValidationError(
+            "body",
+            "a JSON array",
+            'one event object, or {"events": [...]} for a batch',
+        )
     return await run_in_threadpool(_store_batch, store, [payload], single=True)
 
 
@@ -125,12 +134,28 @@ def _too_large(limit: int, what: str) -> HTTPError:
 
 
 def _parse_json(body: bytes) -> Any:
+    # ValueError covers bad syntax, bad UTF-8 and the hooks below;
+    # RecursionError covers arrays nested thousands deep.
     try:
-        return json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(body, parse_constant=_reject_constant, parse_int=_parse_int)
+    except (ValueError, RecursionError) as exc:
         raise HTTPError(
             400, "invalid_json", f"request body is not valid JSON: {exc}"
         ) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _parse_int(text: str) -> int:
+    # int() rejects these too, but with advice meant for Python programmers.
+    if len(text) > _MAX_INT_DIGITS:
+        raise ValueError(
+            f"a number has {len(text):,} digits; at most {_MAX_INT_DIGITS:,} "
+            "are accepted"
+        )
+    return int(text)
 
 
 def _batch(payload: dict[str, Any], max_events: int) -> list[Any]:

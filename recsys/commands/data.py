@@ -10,6 +10,17 @@ from typing import Any
 
 from recsys.cli import HelpFormatter
 from recsys.datasets.registry import DATA_DIR_ENV, DATASETS
+from recsys.errors import ConfigError, ValidationError
+
+# `ShopConfig` field -> the `recsys data synth` option that sets it.
+SYNTH_OPTIONS = {
+    "n_users": "--users",
+    "n_items": "--items",
+    "n_sessions": "--sessions",
+    "seed": "--seed",
+    "days": "--days",
+    "start": "--start",
+}
 
 
 def register(subparsers: Any) -> None:
@@ -76,6 +87,7 @@ def run_prepare(args: argparse.Namespace) -> int:
     from recsys.datasets.registry import prepare
 
     started = time.perf_counter()
+    make_output_dir(args.out)
     manifest = prepare(args.dataset, args.source, args.out)
     print(format_manifest(manifest))
     print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s")
@@ -93,11 +105,30 @@ def run_synth(args: argparse.Namespace) -> int:
         days=args.days,
         start=args.start,
     )
+    try:
+        config.validate()
+    except ValidationError as exc:
+        # Name the option the user typed, not the config field behind it.
+        option = SYNTH_OPTIONS.get(exc.field, exc.field)
+        raise ValidationError(option, exc.value, exc.expected) from None
     started = time.perf_counter()
+    make_output_dir(args.out)
     manifest = write_shop(config, args.out)
     print(format_manifest(manifest))
     print(f"wrote {args.out} in {time.perf_counter() - started:.1f} s")
     return 0
+
+
+def make_output_dir(path: Path, option: str = "--out") -> None:
+    """Create the folder `path`, or raise `ConfigError` naming the option."""
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"invalid {option}: {path} is a file; expected a folder")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"invalid {option}: cannot create the folder {path}: {exc.strerror}"
+        ) from None
 
 
 def format_manifest(manifest: dict[str, Any]) -> str:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 from typing import Any
 
 from recsys.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 
 def register(subparsers: Any) -> None:
@@ -53,9 +56,10 @@ def register(subparsers: Any) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from recsys.commands.data import make_output_dir
     from recsys.sessions import open_store
     from recsys.sessions.exporter import export_events
-    from recsys.settings import Settings
+    from recsys.settings import Settings, mask_url
 
     if args.batch_size < 1:
         raise ConfigError(
@@ -67,10 +71,16 @@ def run_export(args: argparse.Namespace) -> int:
             "REDIS_URL is not set; export reads the Redis event log, and the "
             "in-process store keeps its log inside the API process"
         )
-    settings.log_summary()
+    # Not log_summary(): its warning about a missing API key concerns the API.
+    log.info(
+        "exporting from Redis at %s, prefix %r",
+        mask_url(settings.redis_url),
+        settings.redis_prefix,
+    )
+    make_output_dir(args.out)
     store = open_store(settings)
     try:
-        export_events(
+        summary = export_events(
             store.log,
             args.out,
             consumer=args.consumer,
@@ -79,4 +89,8 @@ def run_export(args: argparse.Namespace) -> int:
         )
     finally:
         store.close()
+    print(
+        f"exported {summary.events:,} events in {summary.batches:,} batches to "
+        f"{summary.files:,} files under {args.out} in {summary.seconds:.1f} s"
+    )
     return 0

@@ -47,7 +47,14 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.workers < 1:
         raise ConfigError(f"invalid --workers: got {args.workers}; expected >= 1")
     # Fail here, with one line, rather than in each worker.
-    Settings.from_env().log_summary()
+    settings = Settings.from_env()
+    if args.workers > 1 and settings.redis_url is None:
+        raise ConfigError(
+            f"--workers {args.workers} needs REDIS_URL: without it each worker "
+            "keeps its own in-process sessions, so a request may not see the "
+            "events another worker stored; set REDIS_URL or use --workers 1"
+        )
+    settings.log_summary()
     uvicorn.run(
         APP_FACTORY,
         factory=True,

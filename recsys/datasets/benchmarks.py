@@ -33,6 +33,7 @@ from typing import Any
 
 from recsys.datasets.io import CaseColumns, EventColumns, write_prepared
 from recsys.datasets.source import SourceFile, parse_int, parse_item_list
+from recsys.datasets.timing import seconds_to_ms
 
 log = logging.getLogger(__name__)
 
@@ -167,7 +168,8 @@ def _read_timed_test(source: SourceFile, events: EventColumns) -> dict[str, list
         session_id = f"test-{raw_id}"
         if session_id in sessions:
             raise source.error(line, f"session_id {raw_id} appears twice")
-        start_ms = parse_int(source, line, "timestamp", timestamp) * 1000
+        parse_int(source, line, "timestamp", timestamp)
+        start_ms = seconds_to_ms(source, line, "timestamp", timestamp)
         items = parse_item_list(source, line, "items", items_text)
         sessions[session_id] = items
         for item, ts in zip(items, synthetic_ts(start_ms, 0, len(items)), strict=True):

@@ -29,7 +29,7 @@ from typing import Any, NamedTuple
 
 from recsys.datasets.io import EventColumns, ItemColumns, write_prepared
 from recsys.datasets.source import SourceFile, parse_int
-from recsys.datasets.timing import split_by_gap
+from recsys.datasets.timing import check_ms, split_by_gap
 
 BEHAVIOR_FILE = "jdsearch_user_behavior_sample.tsv.gz"
 PRODUCTS_FILE = "jdsearch_product_meta_sample.tsv.gz"
@@ -116,6 +116,7 @@ def _read_history(
     history = []
     for query, item_id, kind, gap in zip(queries, items, kinds, gaps, strict=False):
         ts += parse_int(source, line, "history_time_list", gap) * 1000
+        check_ms(source, line, "the time after history_time_list", gap, ts)
         parse_int(source, line, "history_wid_list", item_id)
         if kind in DROPPED_TYPES:
             source.drop(DROPPED_TYPES[kind])
@@ -127,6 +128,7 @@ def _read_history(
             )
         history.append(_Event(ts, EVENT_TYPES[kind], item_id, _query_text(query)))
     test_ms = ts + parse_int(source, line, "history_time_list", gaps[-1]) * 1000
+    check_ms(source, line, "the time after history_time_list", gaps[-1], test_ms)
     return history, test_ms
 
 

@@ -15,6 +15,7 @@ from typing import Any, cast
 
 from recsys.datasets.io import EventColumns, write_prepared
 from recsys.datasets.source import SourceFile
+from recsys.datasets.timing import check_ms
 from recsys.errors import NotFoundError
 
 EVENT_TYPES = {"clicks": "click", "carts": "cart_add", "orders": "purchase"}
@@ -69,6 +70,7 @@ def _append_session(
             raise source.error(
                 line, f"{where}: type is {kind!r}; expected one of {list(EVENT_TYPES)}"
             )
+        check_ms(source, line, f"{where}: ts", str(ts), cast(int, ts))
         events.append(str(session), EVENT_TYPES[kind], cast(int, ts), item_id=str(aid))
 
 

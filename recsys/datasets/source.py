@@ -65,15 +65,17 @@ class SourceFile:
         """
         expected = len(header) if header is not None else n_fields
         numbered = self._numbered_lines()
+        # (first line, last line, fields): a quoted field may span lines.
+        lines: Iterator[tuple[int, int, list[str]]]
         if quoted:
             reader = csv.reader((text for _, text in numbered), delimiter=delimiter)
-            lines: Iterator[tuple[int, list[str]]] = (
-                (reader.line_num, fields) for fields in reader
-            )
+            lines = _spans(reader)
         else:
-            lines = ((n, text.rstrip("\r\n").split(delimiter)) for n, text in numbered)
+            lines = (
+                (n, n, text.rstrip("\r\n").split(delimiter)) for n, text in numbered
+            )
         try:
-            for line_number, fields in lines:
+            for line_number, last_line, fields in lines:
                 if line_number == 1 and header is not None:
                     self._check_header(fields, delimiter, [header, *other_headers])
                     continue
@@ -81,10 +83,16 @@ class SourceFile:
                     continue
                 self.read += 1
                 if expected is not None and len(fields) != expected:
+                    span = (
+                        f"; a quoted field runs on to line {last_line}, so a "
+                        "closing quote may be missing"
+                        if last_line > line_number
+                        else ""
+                    )
                     raise self.error(
                         line_number,
                         f"{len(fields)} fields; expected {expected} "
-                        f"separated by {delimiter!r}",
+                        f"separated by {delimiter!r}{span}",
                     )
                 yield line_number, fields
         except csv.Error as exc:
@@ -169,6 +177,14 @@ class SourceFile:
             sum(self.dropped.values()),
             "".join(f"; {n} {reason}" for reason, n in sorted(self.dropped.items())),
         )
+
+
+def _spans(reader: Any) -> Iterator[tuple[int, int, list[str]]]:
+    """Yield `(first line, last line, fields)` for each record of a csv reader."""
+    last = 0
+    for fields in reader:
+        first, last = last + 1, reader.line_num
+        yield first, last, fields
 
 
 def parse_int(source: SourceFile, line: int, field: str, text: str) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +101,15 @@ CATEGORY_WORDS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...
 COLOURS = ("black", "white", "red", "blue", "green", "grey", "silver", "orange")
 
 DAY_MS = 24 * 3600 * 1000
+# Upper bounds that keep a run within memory (the default sizes are far below).
+SIZE_LIMITS = {
+    "n_users": 1_000_000,
+    "n_items": 1_000_000,
+    "n_sessions": 10_000_000,
+    "days": 3660,
+}
+FIRST_START = date(2002, 1, 1)
+LAST_START = date(2099, 12, 31)
 # Relative traffic per hour of the day (UTC): quiet nights, busy evenings.
 HOURLY_TRAFFIC = np.array(
     [1, 1, 1, 1, 1, 2, 3, 4, 5, 5, 5, 6, 6, 5, 5, 5, 6, 7, 8, 9, 9, 8, 5, 2],
@@ -137,10 +146,16 @@ class ShopConfig:
     checkout_probability: float = 0.5
 
     def validate(self) -> None:
-        for name in ("n_users", "n_items", "n_sessions", "days"):
+        for name, high in SIZE_LIMITS.items():
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValidationError(name, value, "a positive integer")
+            if value > high:
+                raise ValidationError(name, value, f"at most {high:,}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValidationError("seed", self.seed, "an integer")
+        if self.seed < 0:
+            raise ValidationError("seed", self.seed, "an integer of 0 or more")
         if self.n_items < len(CATEGORY_WORDS):
             raise ValidationError(
                 "n_items",
@@ -148,9 +163,14 @@ class ShopConfig:
                 f"at least {len(CATEGORY_WORDS)} (one per category)",
             )
         try:
-            datetime.fromisoformat(self.start)
+            start = datetime.fromisoformat(self.start)
         except ValueError:
             raise ValidationError("start", self.start, "a date as YYYY-MM-DD") from None
+        # Events must pass validate_event, which rejects timestamps before 2001.
+        if not FIRST_START <= start.date() <= LAST_START:
+            raise ValidationError(
+                "start", self.start, f"a date from {FIRST_START} to {LAST_START}"
+            )
         for name, value in asdict(self).items():
             if name.endswith(("_probability", "_share")) and not 0.0 <= value <= 1.0:
                 raise ValidationError(name, value, "a probability between 0 and 1")

@@ -21,7 +21,7 @@ from typing import Any
 
 from recsys.datasets.io import EventColumns, ItemColumns, write_prepared
 from recsys.datasets.source import SourceFile, parse_int
-from recsys.datasets.timing import split_by_gap
+from recsys.datasets.timing import seconds_to_ms, split_by_gap
 
 SOURCE_FILE = "taobao_userbehavior_head.csv.gz"
 EVENT_TYPES = {"pv": "click", "cart": "cart_add", "buy": "purchase"}
@@ -39,7 +39,8 @@ def prepare_taobao(source: Path, out: Path) -> dict[str, Any]:
         for name, value in (("user_id", user_id), ("item_id", item_id)):
             parse_int(behavior, line, name, value)
         parse_int(behavior, line, "category_id", category_id)
-        seconds = parse_int(behavior, line, "timestamp", timestamp)
+        parse_int(behavior, line, "timestamp", timestamp)
+        ts = seconds_to_ms(behavior, line, "timestamp", timestamp)
         categories.setdefault(item_id, category_id)
         if kind in DROPPED_TYPES:
             behavior.drop(DROPPED_TYPES[kind])
@@ -49,7 +50,7 @@ def prepare_taobao(source: Path, out: Path) -> dict[str, Any]:
             raise behavior.error(
                 line, f"behavior_type is {kind!r}; expected one of {valid}"
             )
-        by_user[user_id].append((seconds * 1000, item_id, EVENT_TYPES[kind]))
+        by_user[user_id].append((ts, item_id, EVENT_TYPES[kind]))
         behavior.keep()
 
     events = EventColumns()

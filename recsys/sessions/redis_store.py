@@ -34,7 +34,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from recsys.errors import StoreUnavailableError
+from recsys.errors import RecsysError, StoreUnavailableError
 from recsys.events import Event
 from recsys.sessions.base import (
     AppendResult,
@@ -282,8 +282,21 @@ class RedisEventLog(EventLog):
         for entry_id, fields in raw:
             # A pending entry deleted from the stream comes back without data.
             if fields:
-                entries.append(LogEntry(entry_id, decode_event(fields["event"])))
+                entries.append(LogEntry(entry_id, self._decode(entry_id, fields)))
         return entries
+
+    def _decode(self, entry_id: str, fields: dict[str, str]) -> Event:
+        # Only the append script writes here. Anything else would come back in
+        # every batch, so it stops the export with the entry named.
+        try:
+            return decode_event(fields["event"])
+        except (KeyError, TypeError, ValueError):
+            raise RecsysError(
+                f"entry {entry_id} of the Redis stream {self._key} is not an event "
+                f"written by recsys: {str(fields)[:200]}; inspect it with XRANGE "
+                f"{self._key} {entry_id} {entry_id}, then remove it with XACK "
+                f"{self._key} {self._group} {entry_id} and XDEL {self._key} {entry_id}"
+            ) from None
 
 
 class RedisStore(SessionStore):
