@@ -32,11 +32,41 @@ COMMAND_MODULES = (
 )
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
+
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show defaults in `--help` and keep the description's line breaks."""
 
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        # A required option or one without a default has nothing to show.
+        if action.required or action.default in (None, argparse.SUPPRESS):
+            return action.help
+        return super()._get_help_string(action)
+
     def _fill_text(self, text: str, width: int, indent: str) -> str:
         return "".join(indent + line for line in text.splitlines(keepends=True))
+
+
+def _add_log_level(parser: argparse.ArgumentParser, default: str) -> None:
+    parser.add_argument(
+        "--log-level",
+        default=default,
+        choices=LOG_LEVELS,
+        help="logging level for messages on stderr",
+    )
+
+
+def _leaf_parsers(
+    parser: argparse.ArgumentParser,
+) -> list[argparse.ArgumentParser]:
+    """Return the parsers of every subcommand that has no subcommands itself."""
+    leaves = []
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in dict.fromkeys(action.choices.values()):
+                leaves.extend(_leaf_parsers(child) or [child])
+    return leaves
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,12 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=HelpFormatter,
     )
     parser.add_argument("--version", action="version", version=__version__)
-    parser.add_argument(
-        "--log-level",
-        default="INFO",
-        choices=["DEBUG", "INFO", "WARNING", "ERROR"],
-        help="logging level for messages on stderr",
-    )
+    _add_log_level(parser, "INFO")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in COMMAND_MODULES:
@@ -62,6 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    # `--log-level` also works after the subcommand; SUPPRESS keeps the
+    # top-level value when it is given only there.
+    for leaf in _leaf_parsers(parser):
+        if not any("--log-level" in a.option_strings for a in leaf._actions):
+            _add_log_level(leaf, argparse.SUPPRESS)
     return parser
 
 
@@ -73,6 +103,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # faiss logs at INFO which optional CPU extensions it could not import.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     try:
         code: int = args.handler(args)
     except RecsysError as exc:
