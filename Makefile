@@ -16,7 +16,7 @@ $(BIN)/recsys: pyproject.toml
 setup: $(BIN)/recsys
 
 demo: $(BIN)/recsys
-	$(BIN)/python -m recsys_training.demo $(if $(DATA),--data $(DATA))
+	$(BIN)/python -m recsys_training.demo $(if $(DATA),--data $(DATA)) $(if $(REPLAY),--replay) $(DEMO_ARGS)
 
 test: $(BIN)/recsys
 	$(BIN)/python -m pytest
@@ -25,6 +25,15 @@ lint: $(BIN)/recsys
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy recsys api training
+
+# Latency, throughput and memory of the API at the served catalog (or a build
+# fitted on DATA, a prepared dataset) and at a synthetic 1M-item catalog.
+bench: $(BIN)/recsys
+	$(BIN)/recsys bench latency $(if $(DATA),--dataset $(DATA))
+
+# Locust, headless, 60 s of mixed shop traffic against a local server.
+loadtest: $(BIN)/recsys
+	$(BIN)/python loadtest/run.py $(if $(DATA),--dataset $(DATA))
 
 format: $(BIN)/recsys
 	$(BIN)/ruff format .
