@@ -1,6 +1,7 @@
 """The `recsys` command line: one command, one subcommand per job.
 
-Each module in `recsys.commands` adds its subcommands through a
+Each module in `recsys.commands`, and each entry point of the group
+`recsys.commands` in an installed package, adds its subcommands through a
 `register(subparsers)` function and sets `handler` on its parser; a handler
 takes the parsed arguments and returns the exit code. Handlers import heavy
 libraries (torch, faiss) inside the function, so `recsys --help` stays fast.
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import sys
 from collections.abc import Sequence
@@ -25,11 +27,12 @@ COMMAND_MODULES = (
     "events",
     "train",
     "evaluate",
-    "rebuild",
     "builds",
-    "serve",
     "bench",
 )
+# Packages that depend on the library (the batch jobs, the HTTP shell) add
+# their subcommands through this entry-point group.
+ENTRY_POINT_GROUP = "recsys.commands"
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -87,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
                 raise
             continue
         module.register(subparsers)
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        entry_point.load()(subparsers)
     # `--log-level` also works after the subcommand; SUPPRESS keeps the
     # top-level value when it is given only there.
     for leaf in _leaf_parsers(parser):

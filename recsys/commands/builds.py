@@ -8,10 +8,18 @@ import sys
 from pathlib import Path
 
 from recsys.cli import HelpFormatter
-from recsys.commands.rebuild import indexes_dir_from
 
 # The exit code of `recsys rebuild` when the lock is held, kept the same here.
 EXIT_LOCK_HELD = 4
+
+
+def indexes_dir_from(value: Path | None) -> Path:
+    """Return `value`, else the `RECSYS_INDEXES_DIR` setting."""
+    if value is not None:
+        return value
+    from recsys.settings import Settings
+
+    return Settings.from_env().indexes_dir
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -1,4 +1,8 @@
-"""`recsys serve`: run the HTTP API under uvicorn."""
+"""`recsys serve`: run the HTTP API under uvicorn.
+
+The `recsys` CLI loads this module through the `recsys.commands` entry
+point, so the library never imports the HTTP shell.
+"""
 
 from __future__ import annotations
 

@@ -1,5 +1,8 @@
 """`recsys rebuild`: train, index, evaluate and publish a new build.
 
+The `recsys` CLI loads this module through the `recsys.commands` entry
+point, so the library never imports the batch jobs.
+
 Exit codes: 0 published; 1 invalid arguments, config or data directory;
 3 the quality gate rejected the build; 4 another rebuild holds the lock;
 5 a phase failed. In every case but 0 the current build keeps serving.
@@ -15,6 +18,7 @@ from pathlib import Path
 from types import FrameType
 
 from recsys.cli import HelpFormatter
+from recsys.commands.builds import indexes_dir_from
 
 log = logging.getLogger(__name__)
 
@@ -58,20 +62,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=_rebuild)
 
 
-def indexes_dir_from(value: Path | None) -> Path:
-    """Return `value`, else the `RECSYS_INDEXES_DIR` setting."""
-    if value is not None:
-        return value
-    from recsys.settings import Settings
-
-    return Settings.from_env().indexes_dir
-
-
 def _rebuild(args: argparse.Namespace) -> int:
     import json
 
-    # The rebuild job lives with the other batch jobs; it is imported here so
-    # that the `recsys` package itself never imports `recsys_training`.
     from recsys_training.rebuild import load_config, run_rebuild
 
     # faiss logs each CPU-instruction-set build it tries at INFO.
