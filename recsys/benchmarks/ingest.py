@@ -34,7 +34,6 @@ from recsys.sessions.redis_store import RedisStore
 
 log = logging.getLogger(__name__)
 
-APP_FACTORY = "recsys_api.app:create_app"
 HOST = "127.0.0.1"
 
 
@@ -160,10 +159,12 @@ def _http_runs(store: RedisStore, config: IngestConfig) -> list[IngestResult]:
         "RECSYS_MAX_BATCH_EVENTS": str(config.batch_size),
         "RECSYS_MAX_BODY_BYTES": str(body_bytes),
     }
+    # `recsys serve` starts the app as a deployment does, and the library
+    # never names the HTTP package itself.
     command = [
-        sys.executable, "-m", "uvicorn", APP_FACTORY, "--factory",
+        sys.executable, "-m", "recsys", "--log-level", "WARNING", "serve",
         "--host", HOST, "--port", str(port), "--workers", str(config.workers),
-        "--no-access-log", "--log-level", "warning",
+        "--no-access-log",
     ]  # fmt: skip
     headers = {"X-API-Key": api_key}
 
