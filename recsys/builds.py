@@ -22,6 +22,12 @@ new one. Old builds move to `.trash/` (atomic) before they are deleted.
 sha256. `open_build` checks them all and raises `BuildError` naming the
 first file that is missing, truncated or changed, and `Build.index` checks
 that a FAISS index contains the vectors the manifest recorded for it.
+
+Because a published build never changes, its large files are mapped rather
+than copied: `Build.index` maps FAISS indexes and `Build.array` maps `.npy`
+arrays, so the worker processes of one server share a single copy of them
+in the page cache. Checksums are computed by reading each file in chunks,
+which fills that page cache without keeping a private copy.
 """
 
 from __future__ import annotations
@@ -126,6 +132,26 @@ class Build:
         return ItemIndex.load(
             self.file(entry["file"]), vectors=vectors, fingerprint=entry["fingerprint"]
         )
+
+    def array(self, name: str) -> np.ndarray:
+        """Map the `.npy` file `name` read-only and return it as an array.
+
+        Pages are read on first use and shared with every process that maps
+        the same file. Arrays inside `.npz` files cannot be mapped: save
+        large arrays with `np.save` to use this.
+        """
+        path = self.file(name)
+        if path.suffix != ".npy":
+            raise BuildError(
+                f"cannot map {path}: only .npy files can be mapped; save the "
+                "array with np.save, or read the file with np.load",
+                str(path),
+            )
+        try:
+            array: np.ndarray = np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise BuildError(f"cannot read array {path}: {exc}", str(path)) from exc
+        return array
 
 
 def open_build(path: Path | str) -> Build:

@@ -142,6 +142,27 @@ def test_index_swapped_with_fresh_checksums_rejected(store: BuildStore) -> None:
     assert err.value.path == str(build.path / "indexes/tiny.faiss")
 
 
+def test_index_and_arrays_are_mapped_from_the_build(store: BuildStore) -> None:
+    build = store.open(publish_build(store, seed=1).version)
+
+    vectors = build.array("models/item_vectors.npy")
+
+    assert isinstance(vectors, np.memmap)
+    assert not vectors.flags.writeable
+    saved = np.load(build.path / "models/item_vectors.npy", allow_pickle=False)
+    np.testing.assert_array_equal(vectors, saved)
+    assert build.index("tiny", vectors=vectors).memory_mapped
+
+
+def test_array_rejects_files_that_cannot_be_mapped(store: BuildStore) -> None:
+    build = publish_build(store, seed=1)
+    with pytest.raises(BuildError, match=r"only \.npy files can be mapped") as err:
+        build.array("indexes/tiny.json")
+    assert err.value.path == str(build.path / "indexes/tiny.json")
+    with pytest.raises(BuildError, match=r"has no file 'models/other\.npy'"):
+        build.array("models/other.npy")
+
+
 def test_staging_never_listed_and_cleaned(store: BuildStore) -> None:
     published = publish_build(store, seed=1)
     staged = store.stage()

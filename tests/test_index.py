@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import faiss
 import numpy as np
 import pytest
 
+from recsys import index as index_module
 from recsys.errors import BuildError, ValidationError
-from recsys.index import ItemIndex, vectors_fingerprint
+from recsys.index import MMAP_FLAGS, ItemIndex, vectors_fingerprint
 
 
 def clustered(n_items: int, dim: int, n_clusters: int, seed: int) -> np.ndarray:
@@ -176,6 +180,74 @@ def test_save_load_round_trip(
         loaded.search(held_out_queries[:5], 10)[0],
         index.search(held_out_queries[:5], 10)[0],
     )
+
+
+def mapped_files() -> set[str]:
+    """Paths of the files this process has mapped, from /proc/self/maps."""
+    lines = Path("/proc/self/maps").read_text().splitlines()
+    fields = [line.split(maxsplit=5) for line in lines]
+    return {parts[5].strip() for parts in fields if len(parts) == 6}
+
+
+@pytest.mark.skipif(not MMAP_FLAGS, reason="this FAISS build cannot map indexes")
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
+def test_load_maps_file_and_matches_plain_read(
+    kind: str, tmp_path, catalog: np.ndarray, held_out_queries: np.ndarray
+) -> None:
+    path = tmp_path / "items.faiss"
+    vectors = catalog[:1500]
+    ItemIndex.build(vectors, kind=kind, hnsw_m=8, ef_construction=40).save(path)
+
+    mapped = ItemIndex.load(path, vectors=vectors)
+    plain = ItemIndex.load(path, vectors=vectors, mmap=False)
+
+    assert mapped.memory_mapped
+    assert not plain.memory_mapped
+    if sys.platform == "linux":
+        assert str(path) in mapped_files()
+    queries, exclude = held_out_queries[:20], np.arange(0, 1500, 7)
+    for got, want in zip(
+        mapped.search(queries, 50, exclude=exclude),
+        plain.search(queries, 50, exclude=exclude),
+        strict=True,
+    ):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_load_reads_file_when_mapping_fails(
+    tmp_path, catalog: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "items.faiss"
+    index = ItemIndex.build(catalog[:300])
+    index.save(path)
+    read_index = faiss.read_index
+
+    def read_without_mapping(name: str, flags: int = 0) -> faiss.Index:
+        if flags:
+            raise RuntimeError("Error in read_index: mapping not supported")
+        return read_index(name, flags)
+
+    monkeypatch.setattr(faiss, "read_index", read_without_mapping)
+    loaded = ItemIndex.load(path, vectors=catalog[:300])
+
+    assert not loaded.memory_mapped
+    np.testing.assert_array_equal(
+        loaded.search(catalog[:5], 10)[0], index.search(catalog[:5], 10)[0]
+    )
+
+
+def test_fingerprint_in_blocks_equals_whole_hash(
+    tmp_path, catalog: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Blocks of 7 rows: 1500 rows end in a partial block.
+    monkeypatch.setattr(index_module, "_FINGERPRINT_ROWS", 7)
+    vectors = catalog[:1500]
+    whole = hashlib.sha256(vectors.astype("<f4").tobytes()).hexdigest()
+
+    assert vectors_fingerprint(vectors) == {"shape": [1500, 32], "sha256": whole}
+    assert vectors_fingerprint(vectors.astype(np.float64))["sha256"] == whole
+    ItemIndex.build(vectors, kind="ivf").save(tmp_path / "items.faiss")
+    assert len(ItemIndex.load(tmp_path / "items.faiss", vectors=vectors)) == 1500
 
 
 def test_load_rejects_other_vectors(tmp_path, catalog: np.ndarray) -> None:

@@ -270,8 +270,6 @@ def synthetic_build(
         _publish(indexes_dir, data, names, inputs, extra, ranker_from)
 
     search = measure_search(vectors_dir / INDEX_FILE, vectors_dir / VECTORS_FILE)
-    sharing = measure_sharing(
-        vectors_dir / INDEX_FILE, nprobe=search["index"]["params"]["nprobe"]
-    )
+    sharing = measure_sharing(vectors_dir / INDEX_FILE)
     catalog = load_catalog(indexes_dir, label=f"synthetic-{n_items}")
     return catalog, {"index_search": search, "index_sharing": sharing}

@@ -1,9 +1,10 @@
 """In-process measurements of one FAISS index: search latency and sharing.
 
 `measure_search` times `ItemIndex.search` one query at a time on one thread,
-as a request would run it. `measure_sharing` loads the index in two worker
-processes, either read into memory (what `ItemIndex.load` does) or mapped
-with `faiss.IO_FLAG_MMAP`, and reads their RSS and PSS. With a mapped file
+as a request would run it. `measure_sharing` loads the index with
+`ItemIndex.load` in two worker processes, either read into memory
+(`mmap=False`) or mapped (the default), and reads their RSS and PSS. With a
+mapped file
 the page cache keeps one copy that both processes share. PSS splits shared
 pages between their users, so it drops to about half the index per
 process.
@@ -30,15 +31,13 @@ log = logging.getLogger(__name__)
 _SHARING_CHILD = textwrap.dedent(
     """
     import sys
-    import faiss
     import numpy as np
+    from recsys.index import ItemIndex
 
-    path, mode, nprobe = sys.argv[1], sys.argv[2], int(sys.argv[3])
-    flags = faiss.IO_FLAG_MMAP if mode == "mmap" else 0
-    index = faiss.read_index(path, flags)
-    faiss.extract_index_ivf(index).nprobe = nprobe
+    path, mode = sys.argv[1], sys.argv[2]
+    index = ItemIndex.load(path, mmap=mode == "mmap")
     rng = np.random.default_rng(0)
-    queries = rng.standard_normal((2000, index.d)).astype("float32")
+    queries = rng.standard_normal((2000, index.dim)).astype("float32")
     index.search(queries, 100)
     print("ready", flush=True)
     sys.stdin.read()
@@ -90,8 +89,12 @@ def measure_search(
     }
 
 
-def measure_sharing(index_path: Path, nprobe: int, processes: int = 2) -> dict:
-    """Return RSS and PSS (bytes) of processes holding the index, per load mode."""
+def measure_sharing(index_path: Path, processes: int = 2) -> dict:
+    """Return RSS and PSS (bytes) of processes holding the index, per load mode.
+
+    Each process searches with the index's own parameters (`nprobe`,
+    `efSearch`), as a served request would.
+    """
     result: dict[str, Any] = {"index_file_bytes": index_path.stat().st_size}
     for mode in ("read", "mmap"):
         children = [
@@ -102,7 +105,6 @@ def measure_sharing(index_path: Path, nprobe: int, processes: int = 2) -> dict:
                     _SHARING_CHILD,
                     str(index_path),
                     mode,
-                    str(nprobe),
                 ],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
