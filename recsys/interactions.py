@@ -15,7 +15,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from recsys.errors import BuildError
+from recsys.errors import BuildError, ConfigError
 from recsys.events import EVENT_TYPES
 
 # Dense code of each event type, stored in `SessionData.event_types`.
@@ -62,6 +62,16 @@ class ItemVocab:
         except (OSError, ValueError) as exc:
             raise BuildError(f"cannot read item vocabulary: {exc}", str(path)) from exc
         return cls(ids.astype(object))
+
+
+def check_same_vocab(stored: ItemVocab | None, data: ItemVocab) -> None:
+    """Raise unless a loaded model's vocabulary is the data's, in order."""
+    if stored is None or not np.array_equal(stored.item_ids, data.item_ids):
+        raise ConfigError(
+            "the loaded model's item vocabulary differs from the data's "
+            f"({0 if stored is None else len(stored)} vs {len(data)} items); "
+            "evaluate it on the dataset it was trained on, or drop model_dir"
+        )
 
 
 @dataclass(frozen=True)

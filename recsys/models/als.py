@@ -30,7 +30,7 @@ import scipy.sparse as sp
 
 from recsys.errors import BuildError, ConfigError
 from recsys.events import EVENT_TYPES
-from recsys.interactions import ItemVocab, SessionData
+from recsys.interactions import ItemVocab, SessionData, check_same_vocab
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +138,7 @@ class ALSRecommender:
         from threadpoolctl import threadpool_limits
 
         if self._pretrained:
-            _check_same_vocab(self.vocab, data.vocab)
+            check_same_vocab(self.vocab, data.vocab)
             return self
         c = self.config
         self.vocab = data.vocab
@@ -382,16 +382,6 @@ class ALSRecommender:
         model._pretrained = True
         model.params["model_dir"] = str(directory)
         return model
-
-
-def _check_same_vocab(stored: ItemVocab | None, data: ItemVocab) -> None:
-    """Raise unless a loaded model's vocabulary is the data's, in order."""
-    if stored is None or not np.array_equal(stored.item_ids, data.item_ids):
-        raise ConfigError(
-            "the loaded model's item vocabulary differs from the data's "
-            f"({0 if stored is None else len(stored)} vs {len(data)} items); "
-            "evaluate it on the dataset it was trained on, or drop model_dir"
-        )
 
 
 def create_als(

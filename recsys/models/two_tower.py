@@ -34,7 +34,12 @@ import torch
 import torch.nn.functional as F
 
 from recsys.errors import BuildError, ConfigError
-from recsys.interactions import EVENT_TYPE_CODES, ItemVocab, SessionData
+from recsys.interactions import (
+    EVENT_TYPE_CODES,
+    ItemVocab,
+    SessionData,
+    check_same_vocab,
+)
 from recsys.models.tokens import category_codes, hash_tokens, token_matrix
 from recsys.models.towers import PAD_EVENT_TYPE, TwoTowerNet
 from recsys.models.two_tower_config import TwoTowerConfig
@@ -267,7 +272,7 @@ class TwoTowerRecommender:
         `data.items`, None on non-search events).
         """
         if self._pretrained:
-            _check_same_vocab(self.vocab, data.vocab)
+            check_same_vocab(self.vocab, data.vocab)
             return self
         c = self.config
         torch.manual_seed(c.seed)
@@ -668,16 +673,6 @@ def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     top = top[np.argsort(-scores[top], kind="stable")]
     top = top[np.isfinite(scores[top])]
     return top.astype(np.int64), scores[top].astype(np.float32)
-
-
-def _check_same_vocab(stored: ItemVocab | None, data: ItemVocab) -> None:
-    """Raise unless a loaded model's vocabulary is the data's, in order."""
-    if stored is None or not np.array_equal(stored.item_ids, data.item_ids):
-        raise ConfigError(
-            "the loaded model's item vocabulary differs from the data's "
-            f"({0 if stored is None else len(stored)} vs {len(data)} items); "
-            "evaluate it on the dataset it was trained on, or drop model_dir"
-        )
 
 
 def create_two_tower(
