@@ -7,7 +7,7 @@ the `current` pointer (checked at most every `REFRESH_INTERVAL_SECONDS`)
 load a build beside the served one. The reference is swapped only when the
 load succeeded, so a build that fails to load leaves the old one serving.
 
-When the session store fails or does not answer within
+When the session store fails or does not respond within
 `SESSION_TIMEOUT_SECONDS`, the request is ranked without the session (user
 and popular items) and the response says `"degraded": true`.
 """
