@@ -134,7 +134,7 @@ class Client:
 
 
 def pick_session(data: Path, min_events: int = 5) -> list[dict[str, Any]]:
-    """Return up to 8 events of the shortest session with `min_events` distinct items."""
+    """Return up to 8 events of the shortest session with `min_events` items."""
     events = pq.read_table(data / "events.parquet")
     sessions = events.group_by("session_id").aggregate([("item_id", "count_distinct")])
     sessions = sessions.filter(

@@ -209,6 +209,12 @@ class ALSRecommender:
             raise ConfigError("the ALS model is not trained; call fit or load first")
         return self.user_factors, self.item_factors
 
+    def _require_interactions(self) -> tuple[sp.csr_matrix, ItemVocab]:
+        """Return the training interaction matrix and the item vocabulary."""
+        if self.user_items is None or self.vocab is None:
+            raise ConfigError("the ALS model is not trained; call fit or load first")
+        return self.user_items, self.vocab
+
     def _gram_matrix(self) -> np.ndarray:
         """Return YtY + regularization * I in float64, computed once."""
         if self._gram is None:
@@ -275,13 +281,12 @@ class ALSRecommender:
             session_items = np.asarray(items, dtype=np.int64)
             session_conf = self._confidences(session_items, event_types)
         if row >= 0:
-            start, end = self.user_items.indptr[row], self.user_items.indptr[row + 1]
+            user_items, _ = self._require_interactions()
+            start, end = user_items.indptr[row], user_items.indptr[row + 1]
             session_items = np.concatenate(
-                [self.user_items.indices[start:end], session_items]
+                [user_items.indices[start:end], session_items]
             )
-            session_conf = np.concatenate(
-                [self.user_items.data[start:end], session_conf]
-            )
+            session_conf = np.concatenate([user_items.data[start:end], session_conf])
         return self.fold_in(session_items, session_conf)
 
     def _confidences(
@@ -332,6 +337,7 @@ class ALSRecommender:
     def save(self, directory: Path | str) -> None:
         """Write factors and interactions (npz), config and metrics (JSON)."""
         user_factors, item_factors = self._require_fitted()
+        user_items, vocab = self._require_interactions()
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         np.savez(
@@ -339,13 +345,13 @@ class ALSRecommender:
             user_factors=user_factors,
             item_factors=item_factors,
             row_keys=self.row_keys,
-            user_items_data=self.user_items.data,
-            user_items_indices=self.user_items.indices,
-            user_items_indptr=self.user_items.indptr,
+            user_items_data=user_items.data,
+            user_items_indices=user_items.indices,
+            user_items_indptr=user_items.indptr,
         )
         (directory / CONFIG_FILE).write_text(json.dumps(asdict(self.config), indent=2))
         (directory / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2))
-        self.vocab.save(directory / ITEM_IDS_FILE)
+        vocab.save(directory / ITEM_IDS_FILE)
 
     @classmethod
     def load(

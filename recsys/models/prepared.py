@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from recsys.datasets.schema import CASES_FILE, EVENTS_FILE, ITEMS_FILE
-from recsys.errors import NotFoundError
+from recsys.errors import BuildError, NotFoundError
 from recsys.interactions import ItemVocab, SessionData
 
 log = logging.getLogger(__name__)
@@ -73,7 +73,8 @@ def load_prepared(directory: Path | str) -> PreparedData:
     queries = events.column("query").to_pylist()
     if not any(queries):
         queries = None
-    categories = titles = None
+    categories: list[str | None] | None = None
+    titles: list[str | None] | None = None
     if items_table is not None:
         rows = vocab.encode(items_table.column("item_id").to_pylist())
         categories = [None] * len(vocab)
@@ -122,6 +123,11 @@ def evaluate_cases(
     equal scores), as in the usual SR-GNN evaluation with a strict count.
     """
     vocab = model.vocab
+    if vocab is None:
+        raise BuildError(
+            "evaluate_cases called before fit: the model has no item vocabulary; "
+            "fit or load the model first"
+        )
     prefixes = [vocab.encode(p) for p in cases.column("prefix").to_pylist()]
     labels = vocab.encode(cases.column("label").to_pylist())
     hits = reciprocal = 0.0

@@ -44,6 +44,12 @@ class ItemTower(nn.Module):
       0 for items never seen in training.
     """
 
+    # Buffer types for type checkers, which see nn.Module attributes as
+    # Tensor | Module.
+    item_categories: torch.Tensor
+    item_tokens: torch.Tensor
+    id_mask: torch.Tensor
+
     def __init__(
         self,
         n_items: int,

@@ -311,7 +311,8 @@ class TwoTowerRecommender:
             self.net.parameters(), lr=c.lr, weight_decay=c.weight_decay
         )
         started = time.monotonic()
-        best = (-1.0, None, 0)  # (recall, state_dict, epoch)
+        # The best validation recall so far, with its weights and epoch.
+        best: tuple[float, dict[str, Any] | None, int] = (-1.0, None, 0)
         history = []
         for epoch in range(1, c.epochs + 1):
             loss, rate = self._train_epoch(
@@ -367,7 +368,7 @@ class TwoTowerRecommender:
         order = rng.permutation(len(train))
         lengths = np.minimum(train.end - train.start, c.max_len)
         chunk = c.batch_size * 50
-        batches = []
+        batches: list[np.ndarray] = []
         for lo in range(0, len(order), chunk):
             part = order[lo : lo + chunk]
             part = part[np.argsort(lengths[part], kind="stable")]
@@ -380,7 +381,7 @@ class TwoTowerRecommender:
         self, features, train, optimizer, item_probability, rng, epoch, started
     ):
         c = self.config
-        net = self.net
+        net = self._require_net()
         net.train()
         total_loss, seen, tick = 0.0, 0, time.monotonic()
         epoch_start = tick
@@ -432,7 +433,7 @@ class TwoTowerRecommender:
         softmax estimates the full one. Candidates equal to a row's own
         target are masked, except the row's own positive.
         """
-        net = self.net
+        net = self._require_net()
         n_items = len(item_probability)
         n_sampled = self.config.n_sampled
         candidates = targets
@@ -453,7 +454,7 @@ class TwoTowerRecommender:
 
     @torch.no_grad()
     def _validate(self, features: _Features, valid: _Cases) -> tuple[float, float]:
-        net = self.net
+        net = self._require_net()
         net.eval()
         item_vectors = net.item_tower()
         hits = rr = 0.0
@@ -481,6 +482,13 @@ class TwoTowerRecommender:
                 "the two-tower model is not trained; call fit or load first"
             )
         return self.net
+
+    def _require_vocab(self) -> ItemVocab:
+        if self.vocab is None:
+            raise ConfigError(
+                "the two-tower model is not trained; call fit or load first"
+            )
+        return self.vocab
 
     @torch.no_grad()
     def item_vectors(self) -> np.ndarray:
@@ -562,7 +570,8 @@ class TwoTowerRecommender:
         if queries is not None and queries[row] is not None:
             texts = list(queries[row])
         is_search = types == EVENT_TYPE_CODES["search"]
-        keep = ((items >= 0) & (items < len(self.vocab))) | is_search
+        n_items = len(self._require_vocab())
+        keep = ((items >= 0) & (items < n_items)) | is_search
         items = np.where(is_search, -1, items)
         kept_texts = [t for t, k in zip(texts, keep, strict=True) if k]
         return items[keep], types[keep], kept_texts
@@ -629,7 +638,7 @@ class TwoTowerRecommender:
             json.dumps({"categories": self.category_vocab, "users": self.user_vocab})
         )
         (directory / METRICS_FILE).write_text(json.dumps(self.metrics, indent=2))
-        self.vocab.save(directory / ITEM_IDS_FILE)
+        self._require_vocab().save(directory / ITEM_IDS_FILE)
         np.save(directory / ITEM_VECTORS_FILE, self.item_vectors(), allow_pickle=False)
 
     @classmethod
