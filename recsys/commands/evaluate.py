@@ -29,6 +29,9 @@ Protocols:
   time       trains on events before a cut time and cuts each later session
              at a seeded random point; reports Recall@k for the next click,
              later cart adds and purchases, and the 0.1/0.3/0.6 score.
+  freshness  the time protocol for --model pipeline (ALS on unless --param
+             als=null), ranking each case with a user id with and without
+             the session's events; reports both and the lift.
 """
 
 
@@ -57,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--protocol",
-        choices=PROTOCOLS,
+        choices=(*PROTOCOLS, "freshness"),
         default="next-item",
         help="evaluation protocol, described above",
     )
@@ -192,9 +195,9 @@ def command_line(args: argparse.Namespace) -> str:
         "--out": args.out,
         "--dump-predictions": args.dump_predictions,
     }
-    if args.limit is not None or args.protocol == "time":
+    if args.limit is not None or args.protocol in ("time", "freshness"):
         options["--seed"] = args.seed
-    if args.protocol == "time":
+    if args.protocol in ("time", "freshness"):
         options["--test-fraction"] = args.test_fraction
     for option, value in options.items():
         if value is not None:
@@ -242,6 +245,11 @@ def run(args: argparse.Namespace) -> int:
     began = time.perf_counter()
     dataset = load_prepared(args.dataset)
     load_s = time.perf_counter() - began
+    if args.protocol == "freshness":
+        from recsys.freshness import freshness_command
+
+        print(freshness_command(args, dataset))
+        return 0
     model = create_model(args.model, parse_params(args.param))
 
     if args.protocol == "time":
