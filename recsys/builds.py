@@ -292,7 +292,9 @@ class BuildStore:
     def open(self, version: str) -> Build:
         """Verify and return the build `version`."""
         path = self.builds_dir / version
-        if not path.is_dir():
+        # A version is a folder name under builds/: "..", "" or a path would
+        # point `current` outside the store.
+        if version in ("", ".", "..") or "/" in version or not path.is_dir():
             known = [b.version for b in self.list_builds()]
             raise NotFoundError(f"build {version!r} not found; builds: {known}")
         return open_build(path)

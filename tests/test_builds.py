@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from recsys import builds
+from recsys import builds, cli
 from recsys.builds import BuildStore, open_build
 from recsys.errors import BuildError, LockHeldError, NotFoundError
 from recsys.index import ItemIndex
@@ -227,6 +227,17 @@ def test_rollback_to_unknown_version(store: BuildStore) -> None:
         store.rollback(to="nope")
 
 
+@pytest.mark.parametrize("name", ["..", ".", "", "../builds/{version}"])
+def test_rollback_rejects_path_as_version(store: BuildStore, name: str) -> None:
+    first = publish_build(store, seed=1)
+    second = publish_build(store, seed=2)
+    target = name.format(version=first.version)
+
+    with pytest.raises(NotFoundError, match="not found; builds:"):
+        store.rollback(to=target)
+    assert os.readlink(store.current_link) == f"builds/{second.version}"
+
+
 def test_prune_keeps_newest_current_and_previous(store: BuildStore) -> None:
     versions = [publish_build(store, seed=i).version for i in range(3)]
     store.rollback(to=versions[0])
@@ -317,3 +328,31 @@ def test_reader_never_sees_partial_build(store: BuildStore) -> None:
 def test_keep_below_two_rejected(tmp_path: Path) -> None:
     with pytest.raises(BuildError, match="keep must be at least 2"):
         BuildStore(tmp_path, keep=1)
+
+
+def test_cli_list_metrics_at_any_cutoff(
+    store: BuildStore, capsys: pytest.CaptureFixture[str]
+) -> None:
+    staged = store.stage()
+    (staged.path / "weights.bin").write_bytes(b"w")
+    metrics = {"tiny.HR@10": 0.25, "tiny.MRR@10": 0.125, "eval_cases": 40}
+    store.publish(staged, {"created_at": builds.utc_now(), "metrics": metrics})
+
+    code = cli.main(["builds", "list", "--indexes-dir", str(store.root)])
+
+    line = capsys.readouterr().out.splitlines()[0]
+    assert code == 0
+    assert "tiny.HR@10=0.2500  tiny.MRR@10=0.1250" in line
+    assert "eval_cases" not in line
+    assert line == line.rstrip()
+
+
+def test_cli_list_missing_directory(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["builds", "list", "--indexes-dir", str(tmp_path / "typo")])
+
+    assert code == 1
+    assert f"indexes directory {tmp_path / 'typo'} does not exist" in (
+        capsys.readouterr().err
+    )

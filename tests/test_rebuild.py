@@ -253,6 +253,12 @@ def test_lock_held_exit_code(data_dir: Path, indexes_dir: Path) -> None:
         ({"index": {"kindd": "hnsw"}}, "unknown config key 'index.kindd'"),
         ({"builds": {"keep": 1}}, "builds.keep must be at least 2"),
         ({"models": {"tiny": {"enabled": False}}}, "no model is enabled"),
+        ({"builds": {"keep": "abc"}}, "'builds.keep' must be an integer, got 'abc'"),
+        ({"gate": {"metric": 5}}, "'gate.metric' must be a string, got 5"),
+        ({"threads": True}, "'threads' must be an integer, got True"),
+        ({"models": {"tiny": {"enabled": "no"}}}, "must be true or false"),
+        ({"index": {"kind": "hnswx"}}, "index.kind must be one of"),
+        ({"evaluation": {"k": 0}}, "evaluation.k must be at least 1, got 0"),
     ],
 )
 def test_invalid_config_rejected(overrides: dict, message: str) -> None:
@@ -264,6 +270,57 @@ def test_invalid_config_rejected(overrides: dict, message: str) -> None:
             config[key] = value
     with pytest.raises(ConfigError, match=message):
         rebuild.resolve_config(config)
+
+
+def test_empty_data_directory_is_invalid(
+    data_dir: Path, indexes_dir: Path, tmp_path: Path
+) -> None:
+    first = run(data_dir, indexes_dir)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+
+    result = run(empty, indexes_dir)
+
+    assert result.exit_code == rebuild.EXIT_INVALID_INPUT
+    assert result.status == "failed:load_data"
+    assert "no Parquet files under" in result.report["error"]
+    assert BuildStore(indexes_dir).current_version() == first.version
+
+
+def test_unreadable_event_file_is_invalid(tmp_path: Path, indexes_dir: Path) -> None:
+    day = tmp_path / "log" / "date=2026-12-01"
+    day.mkdir(parents=True)
+    (day / "part-0.parquet").write_text("not parquet")
+
+    result = run(tmp_path / "log", indexes_dir)
+
+    assert result.exit_code == rebuild.EXIT_INVALID_INPUT
+    assert "part-0.parquet" in result.report["error"]
+
+
+def test_config_error_in_phase_is_invalid(
+    data_dir: Path, indexes_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def bad_params(*args, **kwargs):
+        raise ConfigError("invalid models.tiny.params: unknown field 'sizee'")
+
+    monkeypatch.setattr(rebuild, "train_models", bad_params)
+    result = run(data_dir, indexes_dir)
+
+    assert result.exit_code == rebuild.EXIT_INVALID_INPUT
+    assert result.status == "failed:train_models"
+    assert not list((indexes_dir / ".staging").iterdir())
+
+
+def test_unknown_trainer_fails_before_training(
+    data_dir: Path, indexes_dir: Path
+) -> None:
+    config = tiny_config()
+    config["ranker"] = {"trainer": "no_such_module:train"}
+
+    with pytest.raises(ConfigError, match="cannot import trainer 'no_such_module"):
+        rebuild.run_rebuild(data_dir, indexes_dir, rebuild.resolve_config(config))
+    assert not indexes_dir.exists()
 
 
 def test_config_file_toml(tmp_path: Path) -> None:
@@ -292,6 +349,18 @@ def test_cli_exit_codes(data_dir: Path, indexes_dir: Path, tmp_path: Path) -> No
     assert "quality gate rejected" in refused.stderr
     assert missing.returncode == 1
     assert "data directory not found" in missing.stderr
+
+
+def test_cli_print_config_needs_no_data(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "rebuild.json")
+
+    printed = run_cli("rebuild", "--print-config", "--config", str(config))
+    no_data = run_cli("rebuild", "--config", str(config))
+
+    assert printed.returncode == 0, printed.stderr
+    assert json.loads(printed.stdout)["gate"]["metric"] == "tiny.MRR@20"
+    assert no_data.returncode == 2
+    assert "required: --data" in no_data.stderr
 
 
 def test_cli_builds_list_and_rollback(

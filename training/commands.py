@@ -33,9 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--data",
         type=Path,
-        required=True,
+        default=None,
         help="prepared dataset directory, or the event log directory that "
-        "`recsys events export` writes (date=YYYY-MM-DD/*.parquet)",
+        "`recsys events export` writes (date=YYYY-MM-DD/*.parquet); required "
+        "unless --print-config",
     )
     parser.add_argument(
         "--config",
@@ -59,7 +60,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         action="store_true",
         help="print the resolved config as JSON and exit",
     )
-    parser.set_defaults(handler=_rebuild)
+    parser.set_defaults(handler=_rebuild, usage_error=parser.error)
 
 
 def _rebuild(args: argparse.Namespace) -> int:
@@ -69,6 +70,9 @@ def _rebuild(args: argparse.Namespace) -> int:
 
     # faiss logs each CPU-instruction-set build it tries at INFO.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    if args.data is None and not args.print_config:
+        # argparse's own message and exit code 2, as for any missing argument.
+        args.usage_error("the following arguments are required: --data")
     config = load_config(args.config)
     if args.print_config:
         print(json.dumps(config, indent=2))

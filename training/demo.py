@@ -193,7 +193,7 @@ Try, in another terminal:
 
   curl -s -X POST {base_url}/v1/events -H 'X-API-Key: {api_key}' \\
        -H 'Content-Type: application/json' \\
-       -d '{{"session_id": "s1", "event_type": "click", "item_id": "{item_id}", \\
+       -d '{{"session_id": "s1", "event_type": "click", "item_id": "{item_id}",
             "ts": {int(time.time() * 1000)}}}'
   curl -s '{base_url}/v1/recommendations?session_id=s1&k=5'
   curl -s '{base_url}/v1/items/{item_id}/similar?k=5'

@@ -53,6 +53,7 @@ from recsys.datasets.schema import EVENTS_SCHEMA, MANIFEST_FILE
 from recsys.errors import (
     BuildError,
     ConfigError,
+    DataFormatError,
     LockHeldError,
     NotFoundError,
     RecsysError,
@@ -63,6 +64,7 @@ from recsys.models.base import SessionRecommender
 log = logging.getLogger(__name__)
 
 EXIT_PUBLISHED = 0
+EXIT_INVALID_INPUT = 1
 EXIT_GATE_REFUSED = 3
 EXIT_LOCK_HELD = 4
 EXIT_PHASE_FAILED = 5
@@ -222,8 +224,34 @@ def _merge(
                 {"enabled": True, "trainer": "", "params": {}}, value, name + "."
             )
         else:
+            _check_type(name, base.get(key), value)
             merged[key] = copy.deepcopy(value)
     return merged
+
+
+def _check_type(name: str, default: Any, value: Any) -> None:
+    """Raise ConfigError when `value` has another type than the default.
+
+    An integer is accepted where the default is a float.
+    """
+    if default is None:
+        return
+    if isinstance(default, bool):
+        valid, wanted = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        valid = isinstance(value, int) and not isinstance(value, bool)
+        wanted = "an integer"
+    elif isinstance(default, float):
+        valid = isinstance(value, int | float) and not isinstance(value, bool)
+        wanted = "a number"
+    elif isinstance(default, str):
+        valid, wanted = isinstance(value, str), "a string"
+    elif isinstance(default, dict):
+        valid, wanted = isinstance(value, dict), "a table"
+    else:
+        return
+    if not valid:
+        raise ConfigError(f"config key {name!r} must be {wanted}, got {value!r}")
 
 
 def _validate(config: dict[str, Any]) -> None:
@@ -236,6 +264,13 @@ def _validate(config: dict[str, Any]) -> None:
             f"builds.keep must be at least 2, got {config['builds']['keep']!r}"
         )
     _validate_data(config["data"])
+    _validate_index(config["index"])
+    for key in ("k", "max_cases"):
+        if config["evaluation"][key] < 1:
+            raise ConfigError(
+                f"evaluation.{key} must be at least 1, got "
+                f"{config['evaluation'][key]!r}"
+            )
     enabled = _validate_models(config)
     _validate_gate(config["gate"], enabled)
 
@@ -248,6 +283,22 @@ def _validate_data(data: dict[str, Any]) -> None:
         raise ConfigError(
             f"data.window_days must be 0 (all) or positive, got {data['window_days']!r}"
         )
+
+
+def _validate_index(index: dict[str, Any]) -> None:
+    from recsys.index import INDEX_KINDS
+
+    if index["kind"] not in INDEX_KINDS:
+        raise ConfigError(
+            f"index.kind must be one of {list(INDEX_KINDS)}, got {index['kind']!r}"
+        )
+    if not 0.0 < index["target_recall"] <= 1.0:
+        raise ConfigError(
+            f"index.target_recall must be in (0, 1], got {index['target_recall']!r}"
+        )
+    for key in ("exact_max_items", "hnsw_m", "ef_construction", "recall_queries"):
+        if index[key] < 1:
+            raise ConfigError(f"index.{key} must be at least 1, got {index[key]!r}")
 
 
 def _validate_models(config: dict[str, Any]) -> list[str]:
@@ -283,6 +334,13 @@ def _validate_gate(gate: dict[str, Any], enabled: list[str]) -> None:
         raise ConfigError(
             f"gate.max_relative_drop must be >= 0, got {gate['max_relative_drop']!r}"
         )
+
+
+def _trainer_specs(config: dict[str, Any]) -> list[str]:
+    specs = [e["trainer"] for e in config["models"].values() if e["enabled"]]
+    if config["ranker"]["enabled"]:
+        specs.append(config["ranker"]["trainer"])
+    return specs
 
 
 def _resolve(spec: str) -> Callable[..., Any]:
@@ -338,9 +396,18 @@ def _read_event_log(path: Path) -> pa.Table:
             f"no Parquet files under {path}; pass a prepared dataset directory or "
             "the directory `recsys events export` writes"
         )
-    tables = [
-        pq.read_table(f, columns=EVENTS_SCHEMA.names).cast(EVENTS_SCHEMA) for f in files
-    ]
+    tables = []
+    for file in files:
+        try:
+            table = pq.read_table(file, columns=EVENTS_SCHEMA.names)
+            tables.append(table.cast(EVENTS_SCHEMA))
+        except (pa.ArrowException, OSError) as exc:
+            raise DataFormatError(
+                str(file),
+                0,
+                f"not an event log file ({exc}); expected the columns "
+                f"{EVENTS_SCHEMA.names} that `recsys events export` writes",
+            ) from exc
     return pa.concat_tables(tables)
 
 
@@ -626,6 +693,9 @@ def run_rebuild(
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise NotFoundError(f"data directory not found: {data_dir}")
+    # A misspelt trainer fails here, before the lock and before any training.
+    for spec in _trainer_specs(config):
+        _resolve(spec)
     _limit_threads(config["threads"])
     store = builds.BuildStore(indexes_dir, keep=config["builds"]["keep"])
     report: dict[str, Any] = {
@@ -662,13 +732,27 @@ def _run_locked(
     except PhaseError as exc:
         store.discard(staged)
         report["error"] = str(exc)
-        return RebuildResult(EXIT_PHASE_FAILED, f"failed:{exc.phase}", None, report)
+        code = EXIT_INVALID_INPUT if _invalid_input(exc) else EXIT_PHASE_FAILED
+        return RebuildResult(code, f"failed:{exc.phase}", None, report)
     except BaseException:
         store.discard(staged)
         raise
     if result.status != "published":
         store.discard(staged)
     return result
+
+
+def _invalid_input(error: PhaseError) -> bool:
+    """Return whether the phase failed on the config or the data directory.
+
+    The operator fixes those (exit code 1); other failures are the job's own.
+    """
+    cause = error.__cause__
+    if isinstance(cause, ConfigError):
+        return True
+    return error.phase == "load_data" and isinstance(
+        cause, NotFoundError | DataFormatError
+    )
 
 
 def _run_phases(
@@ -740,7 +824,9 @@ def _run_phases(
     report["gate"] = gate
     if not gate["passed"] and not force:
         log.warning(
-            "quality gate rejected build %s: %s", staged.version, gate["reason"]
+            "quality gate rejected build %s: %s; rerun with --force to publish it",
+            staged.version,
+            gate["reason"],
         )
         report["status"] = "refused"
         return RebuildResult(EXIT_GATE_REFUSED, "refused", None, report)

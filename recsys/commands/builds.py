@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from recsys.cli import HelpFormatter
 
 # The exit code of `recsys rebuild` when the lock is held, kept the same here.
 EXIT_LOCK_HELD = 4
+# The metrics `builds list` shows, at whatever cutoff `evaluation.k` set.
+_SHOWN_METRIC = re.compile(r"(HR|MRR)@\d+$|recall@\d+$")
 
 
 def indexes_dir_from(value: Path | None) -> Path:
@@ -71,9 +74,14 @@ def _add_indexes_dir(parser: argparse.ArgumentParser) -> None:
 
 def _list(args: argparse.Namespace) -> int:
     from recsys.builds import BuildStore, open_build
-    from recsys.errors import BuildError
+    from recsys.errors import BuildError, NotFoundError
 
     store = BuildStore(indexes_dir_from(args.indexes_dir))
+    if not store.root.is_dir():
+        raise NotFoundError(
+            f"indexes directory {store.root} does not exist; pass --indexes-dir "
+            "or set RECSYS_INDEXES_DIR to where `recsys rebuild` publishes"
+        )
     summaries = store.list_builds()
     if not summaries:
         print(f"no builds in {store.root}")
@@ -105,9 +113,10 @@ def _list(args: argparse.Namespace) -> int:
         shown = "  ".join(
             f"{name}={_format(value)}"
             for name, value in summary.metrics.items()
-            if name.endswith(("HR@20", "MRR@20", "recall@100"))
+            if _SHOWN_METRIC.search(name)
         )
-        print(f"{marker} {summary.version}  {summary.created_at}  {shown}  {status}")
+        line = f"{marker} {summary.version}  {summary.created_at}  {shown}  {status}"
+        print(line.rstrip())
     return 1 if broken else 0
 
 
