@@ -144,6 +144,8 @@ class Pipeline:
         self.stats = stats
         self.sources = list(sources)
         self.source_names = tuple(names)
+        self._source_bits = 1 << np.arange(len(names), dtype=np.int64)
+        self._source_tuples: dict[int, tuple[str, ...]] = {}
         self.feature_names = feature_names(names)
         if item_embeddings is not None:
             self.feature_names.append("session_embedding_dot")
@@ -288,16 +290,28 @@ class Pipeline:
     def _sources_of(
         self, items: np.ndarray, backfilled: np.ndarray, candidates: CandidateSet
     ) -> list[tuple[str, ...]]:
-        mask = candidates.source_mask()
-        rows = np.searchsorted(candidates.items, items)
-        sources: list[tuple[str, ...]] = []
-        for row, added in zip(rows, backfilled, strict=True):
-            if added:
-                sources.append(("backfill",))
+        # Each item gets one bit per source that proposed it, or -1 when the
+        # rules added it as backfill. Patterns map to tuples of names, which
+        # are built once per pipeline.
+        bits = np.full(len(items), -1, dtype=np.int64)
+        found = ~backfilled
+        rows = np.searchsorted(candidates.items, items[found])
+        bits[found] = candidates.source_mask()[rows] @ self._source_bits
+        return [self._sources_named(pattern) for pattern in bits.tolist()]
+
+    def _sources_named(self, pattern: int) -> tuple[str, ...]:
+        names = self._source_tuples.get(pattern)
+        if names is None:
+            if pattern < 0:
+                names = ("backfill",)
             else:
-                hits = zip(self.source_names, mask[row], strict=True)
-                sources.append(tuple(name for name, hit in hits if hit))
-        return sources
+                names = tuple(
+                    name
+                    for bit, name in enumerate(self.source_names)
+                    if (pattern >> bit) & 1
+                )
+            self._source_tuples[pattern] = names
+        return names
 
     # -- string ids: the service's entry point ------------------------------
 

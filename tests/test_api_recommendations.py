@@ -31,6 +31,7 @@ from recsys.models.pipeline import (
 from recsys.sessions import InProcessStore, SessionStore
 from recsys.sessions.redis_store import RedisStore
 from recsys.settings import Settings
+from recsys.timing import parse_server_timing
 from tests.conftest import RedisServer, free_port
 from tests.test_pipeline import config, item, synthetic_events
 
@@ -274,6 +275,19 @@ def test_paused_redis_answers_within_timeout(
     assert len(body["items"]) == 3
     # The session timeout is 0.3 s; the rest is slack for a loaded machine.
     assert elapsed < 1.0
+    # The read given up on finishes in the background; the next request
+    # reads the session again.
+    assert recommend(client, session_id="s1", k=3)["degraded"] is False
+
+
+def test_server_timing_names_the_stages(client):
+    client.post("/v1/events", json=click("st", item(1, 2), T0), headers=AUTH)
+    response = client.post("/v1/recommendations", json={"session_id": "st"})
+    assert response.status_code == 200
+    stages = parse_server_timing(response.headers["Server-Timing"])
+    expected = ["session_read", "pipeline", "encode", "candidates", "features"]
+    for name in [*expected, "ranker", "rules", "total"]:
+        assert name in stages, name
 
 
 def test_redis_store_freshness(make_client, redis_url, redis_prefix):

@@ -135,6 +135,31 @@ def test_sources_reported_per_item(pipeline):
         assert recommended.sources, recommended
 
 
+def test_sources_match_candidate_scores(pipeline):
+    # k = 40 is the whole catalog, so the rules backfill what no source found.
+    session = pipeline.session_view(np.array([pipeline.vocab.index(item(0, 0))]))
+    request = pipeline.source_request(session)
+    candidates = pipeline.candidates(request)
+    ranked = pipeline.rank_candidates(request, candidates, 40)
+    assert len(ranked.items) == 40
+    assert ("backfill",) in ranked.sources
+    assert max(len(sources) for sources in ranked.sources) > 1
+    rows = {int(row): i for i, row in enumerate(candidates.items)}
+    for index, sources in zip(ranked.items, ranked.sources, strict=True):
+        row = rows.get(int(index))
+        if row is None:
+            assert sources == ("backfill",)
+            continue
+        expected = tuple(
+            name
+            for name, score in zip(
+                candidates.source_names, candidates.scores[row], strict=True
+            )
+            if not np.isnan(score)
+        )
+        assert sources == expected
+
+
 def test_empty_session_gets_popular_items(pipeline):
     result = pipeline.recommend([], 5)
     assert len(result.items) == 5

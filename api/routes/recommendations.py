@@ -15,13 +15,16 @@ and popular items) and the response says `"degraded": true`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, Path, Query, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from recsys_api.deps import get_store, require_read_key, require_write_key
 from recsys_api.errors import HTTPError
@@ -33,6 +36,7 @@ from recsys.errors import BuildError, NotFoundError, StoreUnavailableError
 from recsys.events import Event
 from recsys.models.pipeline import load_build_pipeline
 from recsys.pipeline import MAX_K, Pipeline, Recommendation
+from recsys.sessions import SessionStore
 from recsys.timing import mark_degraded, stage
 
 log = logging.getLogger(__name__)
@@ -219,15 +223,23 @@ class ReloadResponse(BaseModel):
 # -- routes --------------------------------------------------------------------
 
 
-@router.post("/v1/recommendations", dependencies=[Depends(require_read_key)])
+@router.post(
+    "/v1/recommendations",
+    dependencies=[Depends(require_read_key)],
+    response_model=RecommendationResponse,
+)
 async def post_recommendations(
     body: RecommendationRequest, request: Request
-) -> RecommendationResponse:
+) -> Response:
     """Rank items for a live session."""
     return await _recommend(request, body)
 
 
-@router.get("/v1/recommendations", dependencies=[Depends(require_read_key)])
+@router.get(
+    "/v1/recommendations",
+    dependencies=[Depends(require_read_key)],
+    response_model=RecommendationResponse,
+)
 async def get_recommendations(
     request: Request,
     session_id: Annotated[str, Query(min_length=1, max_length=256)],
@@ -236,7 +248,7 @@ async def get_recommendations(
     exclude: Annotated[list[str], Query(max_length=MAX_EXCLUDE)] = [],  # noqa: B006
     category: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
     context_item_id: Annotated[str | None, Query(min_length=1, max_length=256)] = None,
-) -> RecommendationResponse:
+) -> Response:
     """Like POST /v1/recommendations, with the fields as query parameters."""
     body = RecommendationRequest(
         session_id=session_id,
@@ -249,21 +261,27 @@ async def get_recommendations(
     return await _recommend(request, body)
 
 
-@router.get("/v1/items/{item_id}/similar", dependencies=[Depends(require_read_key)])
+@router.get(
+    "/v1/items/{item_id}/similar",
+    dependencies=[Depends(require_read_key)],
+    response_model=SimilarItemsResponse,
+)
 async def get_similar_items(
     request: Request,
     item_id: Annotated[str, Path(min_length=1, max_length=256)],
     k: Annotated[int, Query(ge=1, le=MAX_K)] = 20,
-) -> SimilarItemsResponse:
+) -> Response:
     """Items that sessions visit together with `item_id`, best first."""
     pipeline = get_holder(request).require()
     if item_id not in pipeline.vocab:
         raise NotFoundError(f"item {item_id!r} not found in build {pipeline.version}")
     result = await run_in_threadpool(pipeline.recommend, [], k, context_item_id=item_id)
-    return SimilarItemsResponse(
-        item_id=item_id,
-        items=_items_out(result),
-        build_version=result.build_version,
+    return JSONResponse(
+        {
+            "item_id": item_id,
+            "items": _items_out(result),
+            "build_version": result.build_version,
+        }
     )
 
 
@@ -288,64 +306,140 @@ async def post_reload(
     return ReloadResponse(build_version=pipeline.version, previous_version=previous)
 
 
-async def _recommend(
-    request: Request, body: RecommendationRequest
-) -> RecommendationResponse:
+async def _recommend(request: Request, body: RecommendationRequest) -> Response:
     holder = get_holder(request)
     holder.refresh_if_due()
     pipeline = holder.require()
-    with stage("session_read"):
-        events, degraded = await _session_events(request, body.session_id)
-    if degraded:
-        mark_degraded("session_store_unavailable")
-    # The stage includes the wait for a thread of the pool.
-    with stage("pipeline"):
-        result = await run_in_threadpool(
-            pipeline.recommend,
-            events,
-            body.k,
-            user_id=body.user_id,
-            context_item_id=body.context_item_id,
-            exclude_item_ids=body.exclude,
-            category=body.category,
+    rank = functools.partial(
+        pipeline.recommend,
+        k=body.k,
+        user_id=body.user_id,
+        context_item_id=body.context_item_id,
+        exclude_item_ids=body.exclude,
+        category=body.category,
+    )
+
+    read = _SessionRead(get_store(request), body.session_id, asyncio.get_running_loop())
+    # One trip through the thread pool reads the session and ranks it. Only
+    # when the read outlasts the timeout does the ranking take a second trip,
+    # without the session, while the read is left to finish on its own.
+    ranking = asyncio.ensure_future(run_in_threadpool(read.read_and_rank, rank))
+    done, _ = await asyncio.wait(
+        (read.finished, ranking),
+        timeout=SESSION_TIMEOUT_SECONDS,
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if not done and read.give_up():
+        log.warning(
+            "ranking session %s without its events: the store did not "
+            "respond within %.2f s",
+            body.session_id,
+            SESSION_TIMEOUT_SECONDS,
         )
-    return RecommendationResponse(
-        session_id=body.session_id,
-        items=_items_out(result),
-        build_version=result.build_version,
-        ignored=result.ignored,
-        degraded=degraded,
+        ranking.add_done_callback(functools.partial(_log_late_failure, body.session_id))
+        mark_degraded("session_store_unavailable")
+        with stage("pipeline"):
+            result = await run_in_threadpool(rank, [])
+        return _recommendation_response(body.session_id, result, True)
+
+    outcome = await ranking
+    # The worker ranks whenever the request did not give up on it first.
+    assert outcome is not None
+    return _recommendation_response(body.session_id, *outcome)
+
+
+class _SessionRead:
+    """The session read of one request, which the request may give up on.
+
+    `read_and_rank` runs in a worker thread: it reads the session, sets
+    `finished` on the event loop, and ranks unless the request gave up
+    waiting first. `give_up` runs on the event loop. Whichever of the two
+    takes the lock first decides whether the worker ranks.
+    """
+
+    def __init__(
+        self, store: SessionStore, session_id: str, loop: asyncio.AbstractEventLoop
+    ) -> None:
+        self.store = store
+        self.session_id = session_id
+        self.finished: asyncio.Future[None] = loop.create_future()
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._given_up = False
+        self._ranking = False
+
+    def give_up(self) -> bool:
+        """Stop waiting for the read; return True if the caller must rank."""
+        with self._lock:
+            self._given_up = not self._ranking
+            return self._given_up
+
+    def read_and_rank(
+        self, rank: Callable[[list[Event]], Recommendation]
+    ) -> tuple[Recommendation, bool] | None:
+        with stage("session_read"):
+            events, degraded = self._read()
+        try:
+            self._loop.call_soon_threadsafe(_set_done, self.finished)
+        except RuntimeError:  # the loop closed while the read blocked
+            return None
+        with self._lock:
+            if self._given_up:
+                return None
+            self._ranking = True
+        if degraded:
+            mark_degraded("session_store_unavailable")
+        with stage("pipeline"):
+            return rank(events), degraded
+
+    def _read(self) -> tuple[list[Event], bool]:
+        """Return the session's events, or ([], True) when the store fails."""
+        try:
+            return self.store.get(self.session_id), False
+        except StoreUnavailableError as exc:
+            log.warning(
+                "ranking session %s without its events: %s", self.session_id, exc
+            )
+            return [], True
+
+
+def _set_done(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+def _log_late_failure(session_id: str, ranking: asyncio.Future[Any]) -> None:
+    """Log the error of a session read that the request stopped waiting for."""
+    if not ranking.cancelled() and ranking.exception() is not None:
+        log.error(
+            "reading session %s failed after the request timed out waiting",
+            session_id,
+            exc_info=ranking.exception(),
+        )
+
+
+def _recommendation_response(
+    session_id: str, result: Recommendation, degraded: bool
+) -> Response:
+    return JSONResponse(
+        {
+            "session_id": session_id,
+            "items": _items_out(result),
+            "build_version": result.build_version,
+            "ignored": result.ignored,
+            "degraded": degraded,
+        }
     )
 
 
-async def _session_events(
-    request: Request, session_id: str
-) -> tuple[list[Event], bool]:
-    """Return the session's events, or ([], True) when the store fails."""
-    store = get_store(request)
-    timeout = SESSION_TIMEOUT_SECONDS
-    try:
-        events = await asyncio.wait_for(
-            run_in_threadpool(store.get, session_id), timeout
-        )
-    except StoreUnavailableError as exc:
-        log.warning("ranking session %s without its events: %s", session_id, exc)
-        return [], True
-    except TimeoutError:
-        log.warning(
-            "ranking session %s without its events: the store did not respond "
-            "within %.2f s",
-            session_id,
-            timeout,
-        )
-        return [], True
-    return events, False
-
-
-def _items_out(result: Recommendation) -> list[RecommendedItemOut]:
+def _items_out(result: Recommendation) -> list[dict[str, Any]]:
+    # Plain dicts skip the validation of `RecommendedItemOut` models. JSON has
+    # no NaN, so a NaN score is written as null, as pydantic writes it.
     return [
-        RecommendedItemOut(
-            item_id=item.item_id, score=item.score, sources=list(item.sources)
-        )
+        {
+            "item_id": item.item_id,
+            "score": item.score if math.isfinite(item.score) else None,
+            "sources": list(item.sources),
+        }
         for item in result.items
     ]
