@@ -332,7 +332,7 @@ def test_broken_build_keeps_old_one(make_client, two_builds):
         path.write_text("corrupt\n")
 
     response = client.post("/v1/admin/reload", json={"version": second}, headers=AUTH)
-    assert response.status_code == 500
+    assert response.status_code == 409
     assert response.json()["error"]["code"] == "reload_failed"
     assert f"still serving {first}" in response.json()["error"]["message"]
     assert recommend(client, session_id="s", k=1)["build_version"] == first

@@ -297,8 +297,10 @@ async def post_reload(
         pipeline = await run_in_threadpool(holder.reload, version)
     except BuildError as exc:
         log.error("reload of build %s failed: %s", version or "current", exc)
+        # 409: the request is fine but the build on disk is not loadable, and
+        # the service itself keeps working on the previous build.
         raise HTTPError(
-            500,
+            409,
             "reload_failed",
             f"build {version or 'current'} failed to load ({exc}); "
             f"still serving {previous}",
