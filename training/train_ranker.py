@@ -41,9 +41,16 @@ def train(
 
     `inputs` is the rebuild's `TrainingInputs` and `models` its trained
     models. `params` contains `PipelineConfig` fields, plus `use_two_tower`
-    (default false) to add the rebuild's two-tower model as a source.
+    (default false) to add the rebuild's two-tower model as a source. When
+    `params` leaves `als` unset and the log has user ids, ALS is switched on
+    (`als={}`), as `recsys evaluate --protocol freshness` measures it.
     """
     params = dict(params)
+    if "als" not in params and _has_users(inputs.data):
+        # Known users get their stored ALS factors as the user vector and an
+        # ALS candidate source; logs without user ids (the session
+        # benchmarks) keep the measured configuration without ALS.
+        params["als"] = {}
     two_tower = None
     if params.pop("use_two_tower", False) and "two_tower" in models:
         # NOTE: the rebuild trains the tower on all of `inputs.data`, so the
@@ -68,6 +75,10 @@ def train(
         "candidate_recall": meta.candidate_recall,
         "seconds": time.perf_counter() - started,
     }
+
+
+def _has_users(data: SessionData) -> bool:
+    return any(user_id is not None for user_id in data.user_ids)
 
 
 def _categories(
