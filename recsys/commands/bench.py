@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from recsys.cli import HelpFormatter
-from recsys.commands.bench_latency import register_latency
-from recsys.errors import ConfigError
+from recsys.commands.bench_latency import check_bench_args, register_latency
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
@@ -69,13 +68,7 @@ def run_ingest(args: argparse.Namespace) -> int:
     from recsys.benchmarks.ingest import IngestConfig, run_ingest_benchmark
     from recsys.settings import mask_url
 
-    for name in ("events", "batch_size", "concurrency", "workers"):
-        value = getattr(args, name)
-        if value < 1:
-            flag = "--" + name.replace("_", "-")
-            raise ConfigError(f"invalid {flag}: got {value}; expected at least 1")
-    if not args.seconds > 0:
-        raise ConfigError(f"invalid --seconds: got {args.seconds}; expected > 0")
+    check_bench_args(args, ("events", "batch_size", "concurrency", "workers"))
 
     config = IngestConfig(
         redis_url=args.redis_url or os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,

@@ -123,8 +123,9 @@ def register_latency(benchmarks: Any) -> None:
     parser.set_defaults(handler=run_latency)
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    for name in ("requests", "warmup", "concurrency", "batch_size"):
+def check_bench_args(args: argparse.Namespace, counts: tuple[str, ...]) -> None:
+    """Raise ConfigError unless each count is at least 1 and --seconds > 0."""
+    for name in counts:
         value = getattr(args, name)
         if value < 1:
             flag = "--" + name.replace("_", "-")
@@ -142,7 +143,7 @@ def run_latency(args: argparse.Namespace) -> int:
     from recsys.benchmarks.latency import LatencyConfig, run_latency_benchmark
     from recsys.benchmarks.report import plot_latency, render_markdown
 
-    _check_args(args)
+    check_bench_args(args, ("requests", "warmup", "concurrency", "batch_size"))
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     out = args.out or Path("runs/bench") / f"latency-{stamp}"
     indexes_dirs = list(args.indexes_dir or [])
