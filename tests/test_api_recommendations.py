@@ -160,6 +160,23 @@ def test_unknown_field_gets_422(client):
     assert response.json()["error"]["field"] == "body.kk"
 
 
+def test_long_exclude_id_gets_422(client):
+    body = {"session_id": "s", "exclude": ["x" * 257]}
+    response = client.post("/v1/recommendations", json=body)
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "body.exclude.0"
+
+
+def test_oversized_body_gets_413(make_client):
+    client = make_client(max_body_bytes=2048)
+    body = {"session_id": "s", "exclude": [f"item-{i}" for i in range(400)]}
+    response = client.post("/v1/recommendations", json=body)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+    small = client.post("/v1/recommendations", json={"session_id": "s", "k": 3})
+    assert small.status_code == 200
+
+
 def test_accepted_event_changes_next_recommendation(client):
     before = recommend(client, session_id="fresh", k=5)
     client.post("/v1/events", json=click("fresh", item(3, 6), T0), headers=AUTH)

@@ -177,7 +177,9 @@ class RecommendationRequest(BaseModel):
     session_id: str = Field(min_length=1, max_length=256)
     user_id: str | None = Field(default=None, min_length=1, max_length=256)
     k: int = Field(default=20, ge=1, le=MAX_K)
-    exclude: list[str] = Field(default_factory=list, max_length=MAX_EXCLUDE)
+    exclude: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
+        default_factory=list, max_length=MAX_EXCLUDE
+    )
     category: str | None = Field(default=None, min_length=1, max_length=256)
     context_item_id: str | None = Field(default=None, min_length=1, max_length=256)
 
@@ -223,9 +225,22 @@ class ReloadResponse(BaseModel):
 # -- routes --------------------------------------------------------------------
 
 
+def limit_body(request: Request) -> None:
+    """Reject a request whose declared body exceeds RECSYS_MAX_BODY_BYTES."""
+    limit = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise HTTPError(
+            413,
+            "payload_too_large",
+            f"request body of {declared} bytes exceeds the limit of {limit} "
+            "bytes; send fewer exclude ids",
+        )
+
+
 @router.post(
     "/v1/recommendations",
-    dependencies=[Depends(require_read_key)],
+    dependencies=[Depends(limit_body), Depends(require_read_key)],
     response_model=RecommendationResponse,
 )
 async def post_recommendations(
