@@ -31,6 +31,7 @@ import scipy.sparse as sp
 from recsys.errors import BuildError, ConfigError
 from recsys.events import EVENT_TYPES
 from recsys.interactions import ItemVocab, SessionData, check_same_vocab
+from recsys.models.base import top_k_scores
 
 log = logging.getLogger(__name__)
 
@@ -324,7 +325,7 @@ class ALSRecommender:
         if self.exclude_seen:
             seen = items[(items >= 0) & (items < len(scores))]
             scores[seen] = -np.inf
-        return _top_k(scores, k)
+        return top_k_scores(scores, k)
 
     def score_sessions(self, sessions: Sequence[np.ndarray]) -> np.ndarray:
         """Score all items for click-only sessions, float32 (n_sessions, n_items)."""
@@ -406,14 +407,3 @@ def create_als(
             )
         return ALSRecommender.load(model_dir, exclude_seen=exclude_seen)
     return ALSRecommender(ALSConfig(**config), exclude_seen=exclude_seen)
-
-
-def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the indexes and scores of the k highest finite scores, best first."""
-    k = min(k, len(scores))
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top], kind="stable")]
-    top = top[np.isfinite(scores[top])]
-    return top.astype(np.int64), scores[top].astype(np.float32)

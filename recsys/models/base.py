@@ -47,3 +47,14 @@ class SessionRecommender(Protocol):
         (at most k), best first, without duplicates and without -1.
         """
         ...
+
+
+def top_k_scores(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Return the indexes and scores of the k highest finite scores, best first."""
+    k = min(k, len(scores))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+    top = np.argpartition(-scores, k - 1)[:k]
+    top = top[np.argsort(-scores[top], kind="stable")]
+    top = top[np.isfinite(scores[top])]
+    return top.astype(np.int64), scores[top].astype(np.float32)

@@ -40,6 +40,7 @@ from recsys.interactions import (
     SessionData,
     check_same_vocab,
 )
+from recsys.models.base import top_k_scores
 from recsys.models.tokens import category_codes, hash_tokens, token_matrix
 from recsys.models.towers import PAD_EVENT_TYPE, TwoTowerNet
 from recsys.models.two_tower_config import TwoTowerConfig
@@ -616,7 +617,7 @@ class TwoTowerRecommender:
         if self.exclude_seen:
             seen = items[(items >= 0) & (items < len(scores))]
             scores[seen] = -np.inf
-        return _top_k(scores, k)
+        return top_k_scores(scores, k)
 
     def score_sessions(self, sessions: Sequence[np.ndarray]) -> np.ndarray:
         """Score all items for click-only sessions, float32 (n_sessions, n_items).
@@ -671,17 +672,6 @@ class TwoTowerRecommender:
         model._pretrained = True
         model.params["model_dir"] = str(directory)
         return model
-
-
-def _top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Return the indexes and scores of the k highest finite scores, best first."""
-    k = min(k, len(scores))
-    if k <= 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-    top = np.argpartition(-scores, k - 1)[:k]
-    top = top[np.argsort(-scores[top], kind="stable")]
-    top = top[np.isfinite(scores[top])]
-    return top.astype(np.int64), scores[top].astype(np.float32)
 
 
 def create_two_tower(
