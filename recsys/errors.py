@@ -16,8 +16,8 @@ class RecsysError(Exception):
 class ValidationError(RecsysError, ValueError):
     """An input value is invalid.
 
-    `field` names the offending field, `value` holds what was received and
-    `expected` says what would be valid.
+    `field` names the offending field, `value` is what was received and
+    `expected` describes what would be valid.
     """
 
     def __init__(self, field: str, value: Any, expected: str) -> None:
@@ -28,7 +28,7 @@ class ValidationError(RecsysError, ValueError):
 
 
 class DataFormatError(RecsysError):
-    """A source file holds a malformed line; `path` and `line` locate it."""
+    """A source file contains a malformed line at `path`, `line`."""
 
     def __init__(self, path: str, line: int, reason: str) -> None:
         self.path = path
@@ -54,7 +54,7 @@ class BuildError(RecsysError):
 
 
 class StoreUnavailableError(RecsysError):
-    """The session store did not answer within its timeout."""
+    """The session store failed or did not respond within its timeout."""
 
 
 class LockHeldError(BuildError):

@@ -154,7 +154,10 @@ def validate_event(raw: Mapping[str, Any], *, now_ms: int | None = None) -> Even
             )
     if "ts" not in raw:
         raise ValidationError("ts", None, "Unix time in milliseconds (an integer)")
-    clock = None if now_ms is None else (now_ms if now_ms >= 0 else 2**62)
+    # A negative now_ms turns the future check off with a clock far ahead.
+    clock = now_ms
+    if clock is not None and clock < 0:
+        clock = 2**62
     ts = _check_ts(raw["ts"], clock)
     return Event(
         session_id=str(session_id),
